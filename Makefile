@@ -1,0 +1,37 @@
+# The two commands: `make run` and `make test`. Everything else is a detail of them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Tidegate needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run-deps: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@ $(VENV)/.run-deps
+
+## make run: start Tidegate on the embedded default with a demo tenant.
+run: $(VENV)/.run-deps
+	$(BIN)/tidegate serve --demo
+
+## make test: lint, type-check and the whole suite (starts what the tests need).
+test: $(VENV)/.test-deps lint typecheck
+	$(BIN)/pytest
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.test-deps
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .tidegate .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Tidegate: a multi-tenant event gateway."""

@@ -1,0 +1,5 @@
+"""python -m tidegate → the CLI."""
+
+from tidegate.cli import main
+
+main()

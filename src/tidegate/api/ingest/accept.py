@@ -1,0 +1,119 @@
+"""Accepting events: authenticate the write key, pin the region, encrypt, append durably."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from tidegate.errors import MisdirectedRequest, Unauthorized
+from tidegate.eventlog import Record
+from tidegate.ids import credential_hash, new_event_id
+from tidegate.metering import Meter
+from tidegate.model import EventBody, EventMeta, LogEntry, Source, Tenant, TenantId
+from tidegate.runtime import Runtime
+
+_CACHE_TTL_S = 10.0
+_encode_body = msgspec.msgpack.Encoder().encode
+_encode_entry = msgspec.msgpack.Encoder().encode
+
+
+class Prepared(msgspec.Struct, frozen=True):
+    """A validated event, ready to encrypt: `payload` is its final JSON."""
+
+    kind: str
+    type: str
+    name: str | None
+    dedupe_key: str
+    message_id: str
+    payload: bytes
+    received_at_ms: int
+
+
+def basic_username(authorization: str | None) -> str | None:
+    """The username of an HTTP Basic credential (Segment's write key), or None."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
+class Ingestor:
+    """The write side of the api role."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._sources: dict[str, tuple[float, Source, Tenant]] = {}
+
+    async def authenticate(self, write_key: str | None) -> tuple[Source, Tenant]:
+        """The source and tenant of a write key; 401 if unknown, 421 if another region's."""
+        if not write_key:
+            raise Unauthorized(
+                "no write key: send it as the HTTP Basic username (empty password)"
+            )
+        digest = credential_hash(write_key)
+        cached = self._sources.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            source, tenant = cached[1], cached[2]
+        else:
+            found = await self._rt.store.tenants.source_by_key(digest)
+            tenant_row = await self._rt.store.tenants.get_tenant(found.tenant_id) if found else None
+            if found is None or tenant_row is None:
+                raise Unauthorized("unknown or revoked write key")
+            source, tenant = found, tenant_row
+            if len(self._sources) > 100_000:
+                self._sources.clear()
+            self._sources[digest] = (now + _CACHE_TTL_S, source, tenant)
+        self.check_region(tenant)
+        return source, tenant
+
+    def check_region(self, tenant: Tenant) -> None:
+        region = self._rt.settings.region
+        if tenant.region != region:
+            endpoint = self._rt.settings.endpoint_for(tenant.region)
+            raise MisdirectedRequest(
+                f"tenant is pinned to region {tenant.region!r}; this is the {region!r} cell."
+                f" Send to {endpoint}",
+                region=tenant.region,
+                endpoint=endpoint,
+            )
+
+    def reject(self, tenant_id: TenantId, count: int) -> None:
+        self._rt.meter.add(tenant_id, Meter.EVENTS_REJECTED, count)
+
+    async def accept(self, source: Source, events: Sequence[Prepared]) -> None:
+        """Encrypt and append; returns once the log has committed every event."""
+        cipher = await self._rt.envelope.cipher(source.tenant_id)
+        records = []
+        size = 0
+        for event in events:
+            event_id = new_event_id()
+            meta = EventMeta(
+                id=event_id,
+                tenant_id=source.tenant_id,
+                source_id=source.id,
+                kind=event.kind,
+                type=event.type,
+                received_at_ms=event.received_at_ms,
+                name_index=cipher.index(event.name or ""),
+                dedupe_index=cipher.index(event.dedupe_key),
+            )
+            body = EventBody(name=event.name, message_id=event.message_id, payload=event.payload)
+            ciphertext = cipher.encrypt(_encode_body(body), event_id.encode())
+            records.append(
+                Record(source.tenant_id, _encode_entry(LogEntry(meta=meta, ciphertext=ciphertext)))
+            )
+            size += len(event.payload)
+        await self._rt.log.append(self._rt.topic, records)
+        self._rt.meter.add(source.tenant_id, Meter.EVENTS_ACCEPTED, len(events))
+        self._rt.meter.add(source.tenant_id, Meter.BYTES_INGESTED, size)

@@ -1,0 +1,106 @@
+"""Reading request bodies safely: size limits, bounded gzip, strict JSON.
+
+Everything here raises TidegateErrors with a precise detail; nothing is logged.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+
+from tidegate.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+MAX_DEPTH = 64
+_INT_LIMIT = 2**63
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The request body, decompressed, refusing anything over `limit` bytes.
+
+    gzip and deflate are inflated incrementally with a bounded output, so a gzip bomb
+    costs at most `limit` bytes of memory before it is refused.
+    """
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    declared = request.headers.get("content-length")
+    if encoding == "identity" and declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+        inflater = zlib.decompressobj(wbits)
+        out = bytearray()
+        received = 0
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(f"compressed body exceeds the {limit}-byte limit")
+                out += inflater.decompress(chunk, limit + 1 - len(out))
+                if len(out) > limit or inflater.unconsumed_tail:
+                    raise PayloadTooLarge(f"decompressed body exceeds the {limit}-byte limit")
+            out += inflater.flush(limit + 1 - len(out))
+        except zlib.error as exc:
+            raise InvalidRequest(f"body is not valid {encoding} data") from exc
+        if len(out) > limit:
+            raise PayloadTooLarge(f"decompressed body exceeds the {limit}-byte limit")
+        if not inflater.eof:
+            raise InvalidRequest(f"{encoding} body is truncated")
+        return bytes(out)
+    if encoding != "identity":
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+    return bytes(body)
+
+
+def require_media_type(request: Request, *allowed: str) -> str:
+    """The request's media type, or 415 naming what is accepted."""
+    raw = request.headers.get("content-type", "")
+    media = raw.split(";", 1)[0].strip().lower()
+    if media not in allowed:
+        shown = repr(media) if media else "missing"
+        raise UnsupportedMediaType(f"Content-Type {shown}; send {' or '.join(allowed)}")
+    return media
+
+
+def decode_json(body: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, at most 64 levels, integers within 64 bits."""
+    if not body:
+        raise InvalidRequest("request body is empty; send a JSON document")
+    try:
+        value = msgspec.json.decode(body)
+    except RecursionError as exc:
+        raise InvalidRequest(f"JSON nesting exceeds {MAX_DEPTH} levels") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"body is not valid UTF-8 (byte {exc.start})") from exc
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"JSON number out of range: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+    check_shape(value)
+    return value
+
+
+def check_shape(value: Any) -> None:
+    """Refuse deep nesting and integers that no consumer can represent (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > MAX_DEPTH:
+                raise InvalidRequest(f"JSON nesting exceeds {MAX_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            if depth > MAX_DEPTH:
+                raise InvalidRequest(f"JSON nesting exceeds {MAX_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -_INT_LIMIT <= item < _INT_LIMIT:
+                raise InvalidRequest("JSON integer out of range (must fit in 64 bits)")

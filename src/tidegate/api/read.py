@@ -1,0 +1,332 @@
+"""The tenant-scoped read and replay API under /v1.
+
+Every handler takes the tenant from the API key and passes it to the store, which
+scopes every query by it: another tenant's id is a plain 404.
+"""
+
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidegate.admin import replay_targets
+from tidegate.api.auth import ApiKeys
+from tidegate.errors import InvalidRequest, NotFound
+from tidegate.ids import now_ms
+from tidegate.model import (
+    Attempt,
+    Delivery,
+    DeliveryId,
+    DeliveryStatus,
+    Destination,
+    DestinationId,
+    EventBody,
+    EventId,
+    Tenant,
+)
+from tidegate.runtime import Runtime
+from tidegate.store import DeliveryQuery, EventQuery, StoredEvent
+
+_decode_body = msgspec.msgpack.Decoder(EventBody).decode
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def parse_time(value: str | None, name: str) -> int | None:
+    """ISO 8601 (with zone) or epoch milliseconds."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: expected ISO 8601 time or epoch milliseconds") from exc
+    if parsed.tzinfo is None:
+        raise InvalidRequest(f"{name}: give a time zone (e.g. 2026-11-28T10:00:00Z)")
+    return int(parsed.timestamp() * 1000)
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest("cursor is not one this API returned") from exc
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventOut(BaseModel):
+    id: str
+    kind: str
+    type: str
+    name: str | None = None
+    message_id: str | None = None
+    source_id: str
+    received_at: str
+    payload: dict[str, Any] | None = Field(None, description="The event as accepted, decrypted.")
+
+
+class EventPage(BaseModel):
+    data: list[EventOut]
+    next_cursor: str | None
+
+
+class AttemptOut(BaseModel):
+    id: str
+    started_at: str | None
+    duration_ms: float
+    outcome: str
+    status_code: int | None
+    error: str | None
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="The webhook-id, stable across retries.")
+    event_id: str
+    destination_id: str
+    status: str
+    attempts: int
+    next_attempt_at: str | None
+    last_error: str | None
+    created_at: str | None
+    updated_at: str | None
+    attempt_log: list[AttemptOut] | None = None
+
+
+class DeliveryPage(BaseModel):
+    data: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class DestinationOut(BaseModel):
+    id: str
+    name: str
+    url: str
+    filter: str | None
+    transform: str | None
+    retry_schedule: str | None
+    status: str
+    disabled_reason: str | None
+    created_at: str | None
+
+
+class ReplayRange(Strict):
+    since: str = Field(description="ISO 8601 time or epoch ms (inclusive)")
+    until: str | None = Field(None, description="ISO 8601 time or epoch ms (exclusive)")
+
+
+class ReplayOut(BaseModel):
+    replayed: int
+
+
+class UsageOut(BaseModel):
+    hour: str | None
+    meter: str
+    value: int
+
+
+def attempt_out(a: Attempt) -> AttemptOut:
+    return AttemptOut(
+        id=a.id, started_at=iso(a.started_at_ms), duration_ms=a.duration_ms,
+        outcome=a.outcome.value, status_code=a.status_code, error=a.error,
+    )  # fmt: skip
+
+
+def delivery_out(d: Delivery, attempts: list[Attempt] | None = None) -> DeliveryOut:
+    return DeliveryOut(
+        id=d.id, event_id=d.event_id, destination_id=d.destination_id, status=d.status.value,
+        attempts=d.attempts, next_attempt_at=iso(d.next_attempt_at_ms), last_error=d.last_error,
+        created_at=iso(d.created_at_ms), updated_at=iso(d.updated_at_ms),
+        attempt_log=[attempt_out(a) for a in attempts] if attempts is not None else None,
+    )  # fmt: skip
+
+
+def destination_out(d: Destination) -> DestinationOut:
+    return DestinationOut(
+        id=d.id, name=d.name, url=d.url, filter=d.filter, transform=d.transform,
+        retry_schedule=d.retry_schedule, status=d.status.value,
+        disabled_reason=d.disabled_reason, created_at=iso(d.created_at_ms),
+    )  # fmt: skip
+
+
+async def decrypt_event(runtime: Runtime, stored: StoredEvent, *, with_payload: bool) -> EventOut:
+    cipher = await runtime.envelope.cipher(stored.meta.tenant_id)
+    body = _decode_body(cipher.decrypt(stored.ciphertext, stored.meta.id.encode()))
+    return EventOut(
+        id=stored.meta.id, kind=stored.meta.kind, type=stored.meta.type, name=body.name,
+        message_id=body.message_id, source_id=stored.meta.source_id,
+        received_at=iso(stored.meta.received_at_ms) or "",
+        payload=msgspec.json.decode(body.payload) if with_payload else None,
+    )  # fmt: skip
+
+
+def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    store = runtime.store
+    TenantDep = Annotated[Tenant, Depends(keys.tenant)]  # noqa: N806
+
+    async def event_out(tenant: Tenant, stored: StoredEvent, *, with_payload: bool) -> EventOut:
+        return await decrypt_event(runtime, stored, with_payload=with_payload)
+
+    @router.get("/events", response_model=EventPage, tags=["events"])
+    async def list_events(
+        tenant: TenantDep,
+        type: str | None = None,  # noqa: A002 - the public parameter name
+        name: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> EventPage:
+        """Events newest first, without payloads; filter by type, name and time."""
+        name_index = (await runtime.envelope.cipher(tenant.id)).index(name) if name else None
+        query = EventQuery(
+            type=type, name_index=name_index, since_ms=parse_time(since, "since"),
+            until_ms=parse_time(until, "until"), after_id=_event_cursor(cursor), limit=limit,
+        )  # fmt: skip
+        rows = await store.events.list_events(tenant.id, query)
+        data = [await event_out(tenant, r, with_payload=False) for r in rows]
+        nxt = encode_cursor(rows[-1].meta.id) if len(rows) == limit else None
+        return EventPage(data=data, next_cursor=nxt)
+
+    @router.get("/events/{event_id}", response_model=EventOut, tags=["events"])
+    async def get_event(tenant: TenantDep, event_id: str) -> EventOut:
+        """One event with its decrypted payload."""
+        stored = await store.events.get_event(tenant.id, EventId(event_id))
+        if stored is None:
+            raise NotFound(f"no event {event_id}")
+        return await event_out(tenant, stored, with_payload=True)
+
+    @router.get("/events/{event_id}/deliveries", response_model=list[DeliveryOut], tags=["events"])
+    async def event_deliveries(tenant: TenantDep, event_id: str) -> list[DeliveryOut]:
+        """Every delivery of the event, with every attempt."""
+        if await store.events.get_event(tenant.id, EventId(event_id)) is None:
+            raise NotFound(f"no event {event_id}")
+        rows = await store.deliveries.list_deliveries(
+            tenant.id, DeliveryQuery(event_id=EventId(event_id), limit=500)
+        )
+        attempts = await store.deliveries.list_attempts(tenant.id, [d.id for d in rows])
+        by_delivery: dict[str, list[Attempt]] = {d.id: [] for d in rows}
+        for a in attempts:
+            by_delivery[a.delivery_id].append(a)
+        return [delivery_out(d, by_delivery[d.id]) for d in rows]
+
+    @router.post("/events/{event_id}/replay", response_model=ReplayOut, status_code=202, tags=["replay"])
+    async def replay_event(
+        tenant: TenantDep, event_id: str, destination_id: str | None = None
+    ) -> ReplayOut:
+        """Deliver the event again (new webhook-ids) to one or every enabled destination."""
+        if await store.events.get_event(tenant.id, EventId(event_id)) is None:
+            raise NotFound(f"no event {event_id}")
+        targets = await replay_targets(runtime, tenant.id, destination_id)
+        count = await store.deliveries.replay_events(
+            tenant.id, event_ids=[EventId(event_id)], destination_ids=targets, now_ms=now_ms()
+        )
+        wake_worker()
+        return ReplayOut(replayed=count)
+
+    @router.get("/deliveries", response_model=DeliveryPage, tags=["deliveries"])
+    async def list_deliveries(
+        tenant: TenantDep,
+        status: Literal["pending", "succeeded", "dead"] | None = None,
+        destination_id: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> DeliveryPage:
+        rows = await store.deliveries.list_deliveries(
+            tenant.id,
+            DeliveryQuery(
+                status=status, destination_id=DestinationId(destination_id) if destination_id else None,
+                after_id=_delivery_cursor(cursor), limit=limit,
+            ),
+        )  # fmt: skip
+        nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
+        return DeliveryPage(data=[delivery_out(d) for d in rows], next_cursor=nxt)
+
+    @router.get("/dead-letters", response_model=DeliveryPage, tags=["deliveries"])
+    async def dead_letters(
+        tenant: TenantDep,
+        destination_id: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> DeliveryPage:
+        """Deliveries that exhausted their retry schedule (or whose destination went away)."""
+        return await list_deliveries(tenant, "dead", destination_id, cursor, limit)
+
+    @router.get("/destinations", response_model=list[DestinationOut], tags=["destinations"])
+    async def list_destinations(tenant: TenantDep) -> list[DestinationOut]:
+        return [destination_out(d) for d in await store.destinations.list_destinations(tenant.id)]
+
+    @router.get("/destinations/{destination_id}", response_model=DestinationOut, tags=["destinations"])
+    async def get_destination(tenant: TenantDep, destination_id: str) -> DestinationOut:
+        found = await store.destinations.get_destination(tenant.id, DestinationId(destination_id))
+        if found is None:
+            raise NotFound(f"no destination {destination_id}")
+        return destination_out(found)
+
+    @router.post(
+        "/destinations/{destination_id}/replay", response_model=ReplayOut, status_code=202, tags=["replay"]
+    )
+    async def replay_range(tenant: TenantDep, destination_id: str, body: ReplayRange) -> ReplayOut:
+        """Deliver every event received in [since, until) to this destination again."""
+        targets = await replay_targets(runtime, tenant.id, destination_id)
+        count = await store.deliveries.replay_events(
+            tenant.id, since_ms=parse_time(body.since, "since"),
+            until_ms=parse_time(body.until, "until"), destination_ids=targets, now_ms=now_ms(),
+        )  # fmt: skip
+        wake_worker()
+        return ReplayOut(replayed=count)
+
+    @router.post(
+        "/destinations/{destination_id}/dead-letters/replay",
+        response_model=ReplayOut, status_code=202, tags=["replay"],
+    )  # fmt: skip
+    async def replay_dead(tenant: TenantDep, destination_id: str) -> ReplayOut:
+        """Every dead letter of the destination goes back on the schedule (same webhook-id)."""
+        (target,) = await replay_targets(runtime, tenant.id, destination_id)
+        count = await store.deliveries.replay_dead_letters(tenant.id, target, now_ms=now_ms())
+        wake_worker()
+        return ReplayOut(replayed=count)
+
+    @router.get("/usage", response_model=list[UsageOut], tags=["usage"])
+    async def usage(tenant: TenantDep, since: str | None = None, until: str | None = None) -> list[UsageOut]:
+        """Hourly meters of the tenant: events, bytes, deliveries, dead letters."""
+        rows = await store.usage.usage_report(
+            tenant.id, since_ms=parse_time(since, "since"), until_ms=parse_time(until, "until")
+        )
+        return [UsageOut(hour=iso(r.hour_ms), meter=r.meter, value=r.value) for r in rows]
+
+    return router
+
+
+def _event_cursor(cursor: str | None) -> EventId | None:
+    raw = decode_cursor(cursor)
+    return EventId(raw) if raw else None
+
+
+def _delivery_cursor(cursor: str | None) -> DeliveryId | None:
+    raw = decode_cursor(cursor)
+    return DeliveryId(raw) if raw else None
+
+
+__all__ = ["DeliveryStatus", "build_read_router"]

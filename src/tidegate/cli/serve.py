@@ -1,0 +1,129 @@
+"""tidegate serve: the api and worker roles in one process (the embedded default)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import uvicorn
+
+from tidegate import admin
+from tidegate.api.app import build_app
+from tidegate.errors import TidegateError
+from tidegate.model import DestinationId, TenantId
+from tidegate.runtime import Runtime, open_runtime
+from tidegate.settings import Settings
+from tidegate.telemetry import configure_logging
+
+
+@click.command()
+@click.option("--host", help="Listen address (TIDEGATE_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Listen port (TIDEGATE_PORT, default 8000).")
+@click.option("--demo", is_flag=True, help="Create a demo tenant, source and destination.")
+def serve(host: str | None, port: int | None, demo: bool) -> None:
+    """Run the api and worker roles (SIGTERM drains and exits 0)."""
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if demo:
+        overrides["demo"] = True
+        base = Settings()
+        overrides["ssrf_allow_cidrs"] = (*base.ssrf_allow_cidrs, "127.0.0.1/32")
+    settings = Settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        import uvloop
+
+        uvloop.run(_serve(settings))
+    except TidegateError as exc:
+        raise click.ClickException(exc.detail) from exc
+
+
+async def _serve(settings: Settings) -> None:
+    runtime = open_runtime(settings)
+    app = build_app(runtime)
+    if settings.demo:
+        demo = await ensure_demo(runtime)
+        app.state.demo_receiver.secret = demo["secret"]
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    if settings.demo:
+        asyncio.get_running_loop().call_later(0.5, _print_demo, settings, demo)
+    await server.serve()
+
+
+async def ensure_demo(runtime: Runtime) -> dict[str, str]:
+    """The demo tenant's credentials, created on first run and kept in data_dir/demo.json (0600)."""
+    settings = runtime.settings
+    path: Path = settings.data_dir / "demo.json"
+    url = f"http://127.0.0.1:{settings.port}/demo/webhook"
+    if path.exists():
+        demo: dict[str, str] = json.loads(path.read_text())
+        tenant = await runtime.store.tenants.get_tenant(TenantId(demo["tenant_id"]))
+        found = await runtime.store.destinations.get_destination(
+            TenantId(demo["tenant_id"]), DestinationId(demo["destination_id"])
+        )
+        if tenant is not None and found is not None and found.url == url:
+            return demo
+    tenant = await admin.create_tenant(runtime, "Demo tenant", settings.region)
+    source, write_key = await admin.create_source(runtime, tenant.id, "demo")
+    api_key = await admin.create_api_key(runtime, tenant.id, "demo")
+    destination, secret = await admin.create_destination(
+        runtime, tenant.id, url=url, name="demo receiver"
+    )
+    demo = {
+        "tenant_id": tenant.id,
+        "source_id": source.id,
+        "write_key": write_key,
+        "api_key": api_key,
+        "destination_id": destination.id,
+        "secret": secret,
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(demo, handle, indent=2)
+    return demo
+
+
+def _print_demo(settings: Settings, demo: dict[str, str]) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    click.echo(
+        f"""
+Tidegate is running on {base} (region {settings.region}, embedded SQLite in {settings.data_dir}/)
+
+Send a first event (Segment track call, write key as the Basic username):
+
+  curl -s -u '{demo["write_key"]}:' {base}/v1/track \\
+    -H 'content-type: application/json' \\
+    -d '{{"userId": "user-1", "event": "Order Completed", "properties": {{"total": 42}}}}'
+
+It is delivered, signed (Standard Webhooks), to the demo receiver; see what arrived:
+
+  curl -s {base}/demo/webhook
+
+Read it back through the API:
+
+  curl -s -H 'authorization: Bearer {demo["api_key"]}' '{base}/v1/events?limit=5'
+  curl -s -H 'authorization: Bearer {demo["api_key"]}' '{base}/v1/deliveries?limit=5'
+
+Demo tenant {demo["tenant_id"]}; credentials in {settings.data_dir}/demo.json. Ctrl-C stops.
+""",
+        err=True,
+    )

@@ -1,0 +1,190 @@
+"""Embedded SQLite plumbing shared by the SQLite log and the SQLite store.
+
+One writer thread owns the write connection and commits in groups: every write
+submitted while a commit is in progress joins the next transaction, so N
+concurrent requests cost one fsync, not N (group commit). Each write runs inside
+its own SAVEPOINT, so one failing write does not undo the others in its group.
+Reads run on a small pool of reader threads with their own connections (WAL
+lets them proceed while the writer commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from tidegate.errors import BackendUnavailable, ConfigError
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+_MAX_GROUP = 512
+
+
+def sqlite_path(url: str, env_var: str) -> Path:
+    """`sqlite:///relative/or/absolute/path.db` -> Path."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(f"{env_var}: expected sqlite:///PATH, got {url!r}")
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+class EmbeddedDatabase:
+    """A SQLite file with a group-committing writer thread and reader threads."""
+
+    def __init__(self, path: Path, schema: str, *, readers: int = 2) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        bootstrap = connect(path)
+        try:
+            bootstrap.executescript(schema)
+        finally:
+            bootstrap.close()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer:{path.name}")
+        self._writer.daemon = True
+        self._writer.start()
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix=f"sqlite-reader:{path.name}")
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._closed = False
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a transaction; return once that transaction is durably committed."""
+        if self._closed:
+            raise BackendUnavailable("the embedded database is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, future, loop))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise BackendUnavailable("the embedded database is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"embedded database read failed: {exc}") from exc
+
+    def _write_loop(self) -> None:
+        conn = connect(self.path)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                group = [job]
+                stop = False
+                while len(group) < _MAX_GROUP:
+                    try:
+                        nxt = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                self._commit_group(conn, group)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        results: list[tuple[_Job, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn)
+                except Exception as exc:  # noqa: BLE001 - returned to that job's caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((job, False, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, True, value))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("sqlite.commit_failed", path=str(self.path), error=str(exc))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = BackendUnavailable(f"embedded database commit failed: {exc}")
+            for job in group:
+                _settle(job, False, failure)
+            return
+        for job, ok, value in results:
+            if ok or not isinstance(value, sqlite3.Error):
+                _settle(job, ok, value)
+            else:
+                _settle(job, False, BackendUnavailable(f"embedded database write failed: {value}"))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        await asyncio.to_thread(self._writer.join)
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+
+
+def _settle(job: _Job, ok: bool, value: Any) -> None:
+    def resolve() -> None:
+        if job.future.done():
+            return
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+    try:
+        job.loop.call_soon_threadsafe(resolve)
+    except RuntimeError:  # the caller's loop is gone (shutdown): nothing left to tell
+        pass

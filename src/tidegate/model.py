@@ -1,0 +1,131 @@
+"""Pure data: tenants, sources, destinations, events, deliveries, attempts. No I/O."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NewType
+
+import msgspec
+
+TenantId = NewType("TenantId", str)
+SourceId = NewType("SourceId", str)
+DestinationId = NewType("DestinationId", str)
+EventId = NewType("EventId", str)
+DeliveryId = NewType("DeliveryId", str)
+
+
+class Tenant(msgspec.Struct, frozen=True, kw_only=True):
+    id: TenantId
+    name: str
+    region: str
+    created_at_ms: int
+
+
+class Source(msgspec.Struct, frozen=True, kw_only=True):
+    id: SourceId
+    tenant_id: TenantId
+    name: str
+    created_at_ms: int
+
+
+class DestinationStatus(enum.StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class Destination(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook endpoint of one tenant; the whsec_ secret is stored encrypted."""
+
+    id: DestinationId
+    tenant_id: TenantId
+    name: str
+    url: str
+    secret_ciphertext: bytes
+    filter: str | None = None
+    transform: str | None = None
+    retry_schedule: str | None = None
+    retry_4xx: bool = True
+    timeout_s: float | None = None
+    status: DestinationStatus = DestinationStatus.ENABLED
+    disabled_reason: str | None = None
+    created_at_ms: int = 0
+
+
+class EventMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """What travels beside the ciphertext: ids and times only, never tenant content.
+
+    `name_index` and `dedupe_index` are keyed hashes (blind indexes) so the store can
+    filter by event name and deduplicate without holding the plaintext.
+    """
+
+    id: EventId
+    tenant_id: TenantId
+    source_id: SourceId
+    kind: str  # "segment" | "cloudevents"
+    type: str  # Segment type, or "cloudevent"
+    received_at_ms: int
+    name_index: bytes
+    dedupe_index: bytes
+
+
+class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """The value of one log record: metadata plus the encrypted event body."""
+
+    meta: EventMeta
+    ciphertext: bytes
+
+
+class EventBody(msgspec.Struct, frozen=True, kw_only=True):
+    """The plaintext that is encrypted: the tenant's content."""
+
+    name: str | None
+    message_id: str
+    payload: bytes  # the JSON event as accepted (with messageId and receivedAt)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """A decrypted event, as the router and the read API see it."""
+
+    meta: EventMeta
+    body: EventBody
+
+    def document(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = msgspec.json.decode(self.body.payload)
+        return decoded
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    id: DeliveryId  # the webhook-id, stable across retries
+    tenant_id: TenantId
+    event_id: EventId
+    destination_id: DestinationId
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at_ms: int | None
+    created_at_ms: int
+    updated_at_ms: int
+    last_error: str | None = None
+    replay_of: DeliveryId | None = None
+
+
+class AttemptOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    delivery_id: DeliveryId
+    tenant_id: TenantId
+    started_at_ms: int
+    duration_ms: float
+    outcome: AttemptOutcome
+    status_code: int | None
+    error: str | None

@@ -1,0 +1,312 @@
+"""The dispatcher: runs delivery attempts in per-destination lanes, applies the outcome rules.
+
+No head-of-line blocking: each destination has its own lane with a concurrency cap,
+so a hanging or failing endpoint holds only its own slots; retries leave the lane
+and come back through the store when they fall due.
+
+Outcome rules: 2xx succeeds; 410 disables the destination and dead-letters what it
+had pending; 3xx, 429, 5xx, timeouts and connection errors retry on the schedule
+(honouring Retry-After); other 4xx retry too unless the destination says otherwise.
+When the schedule is exhausted the delivery is a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import msgspec
+import structlog
+
+from tidegate import telemetry
+from tidegate.destinations.base import Outcome, Sender
+from tidegate.errors import DecryptionFailed, ValidationFailed
+from tidegate.ids import new_attempt_id, now_ms
+from tidegate.metering import Meter
+from tidegate.model import (
+    Attempt,
+    AttemptOutcome,
+    Delivery,
+    DeliveryStatus,
+    Destination,
+    DestinationId,
+    DestinationStatus,
+    EventBody,
+    EventId,
+    TenantId,
+)
+from tidegate.pipeline.breaker import CircuitBreaker
+from tidegate.pipeline.retry import RetrySchedule
+from tidegate.pipeline.transform import Transform
+from tidegate.runtime import Runtime
+from tidegate.store import AttemptResult
+
+log = structlog.get_logger(__name__)
+_decode_body = msgspec.msgpack.Decoder(EventBody).decode
+_encode_json = msgspec.json.Encoder().encode
+_DESTINATION_TTL_S = 2.0
+_MAX_LANE_BACKLOG = 10_000
+
+
+class _CachedDestination(msgspec.Struct):
+    destination: Destination
+    secret: str
+    schedule: RetrySchedule
+    transform: Transform | None
+    expires: float
+
+
+class Loaded(msgspec.Struct, frozen=True):
+    """A decrypted event with what rendering and latency need."""
+
+    body: EventBody
+    kind: str
+    received_at_ms: int
+
+
+class Lane:
+    """One destination's queue and in-flight count."""
+
+    __slots__ = ("backlog", "breaker", "in_flight")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.backlog: deque[Delivery] = deque()
+        self.in_flight = 0
+        self.breaker = breaker
+
+
+class Dispatcher:
+    def __init__(self, runtime: Runtime, sender: Sender, *, on_recovered: Callable[[], None]) -> None:
+        self._rt = runtime
+        self._sender = sender
+        self._on_recovered = on_recovered
+        self._lanes: dict[DestinationId, Lane] = {}
+        self._destinations: dict[DestinationId, _CachedDestination] = {}
+        self._known: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    def is_known(self, delivery_id: str) -> bool:
+        return delivery_id in self._known
+
+    def submit(self, deliveries: Iterable[Delivery], plaintext: dict[EventId, Loaded] | None = None) -> None:
+        """Queue deliveries (already leased to this worker) on their lanes."""
+        for delivery in deliveries:
+            if self._stopping or delivery.id in self._known:
+                continue
+            lane = self._lane(delivery.destination_id)
+            if len(lane.backlog) >= _MAX_LANE_BACKLOG:
+                continue  # its lease lapses and the scheduler brings it back later
+            self._known.add(delivery.id)
+            lane.backlog.append(delivery)
+            self._pump(delivery.destination_id, lane, plaintext)
+
+    def _lane(self, destination_id: DestinationId) -> Lane:
+        lane = self._lanes.get(destination_id)
+        if lane is None:
+            s = self._rt.settings
+            lane = Lane(CircuitBreaker(failures_to_open=s.breaker_failures, cooldown_s=s.breaker_cooldown_s))
+            self._lanes[destination_id] = lane
+        return lane
+
+    def _pump(self, destination_id: DestinationId, lane: Lane, plaintext: dict[EventId, Loaded] | None) -> None:
+        cap = self._rt.settings.destination_concurrency
+        while lane.backlog and lane.in_flight < cap:
+            delivery = lane.backlog.popleft()
+            lane.in_flight += 1
+            body = plaintext.get(delivery.event_id) if plaintext else None
+            task = asyncio.create_task(self._run(lane, delivery, body))
+            self._tasks.add(task)
+            self._idle.clear()
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
+        try:
+            await self._attempt(lane, delivery, body)
+        except Exception:  # noqa: BLE001 - the lease lapses and the scheduler retries it
+            log.exception("delivery.crashed", delivery_id=delivery.id)
+        finally:
+            lane.in_flight -= 1
+            self._known.discard(delivery.id)
+            if not self._stopping:
+                self._pump(delivery.destination_id, lane, None)
+            if not self._tasks - {asyncio.current_task()}:
+                self._idle.set()
+
+    async def _attempt(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
+        cached = await self._destination(delivery.tenant_id, delivery.destination_id)
+        now = now_ms()
+        if cached is None or cached.destination.status is not DestinationStatus.ENABLED:
+            reason = "destination deleted" if cached is None else "destination disabled"
+            await self._rt.store.deliveries.dead_letter_pending(
+                delivery.tenant_id, delivery.destination_id, reason, now_ms=now
+            )
+            return
+        if not lane.breaker.allow():
+            await self._rt.store.deliveries.defer(
+                [delivery.id], now + int(lane.breaker.retry_in_s() * 1000)
+            )
+            return
+        is_hot = body is not None  # handed over by the router, not read back from the store
+        if body is None:
+            body = await self._load_body(delivery.tenant_id, delivery.event_id)
+            if body is None:
+                await self._finish(delivery, Outcome(error="event no longer stored"), cached, final=True)
+                return
+        if is_hot:
+            telemetry.LATENCY.observe(max(0.0, (now_ms() - body.received_at_ms) / 1000))
+        try:
+            content, content_type = self._render(cached, body)
+        except ValidationFailed as exc:
+            await self._finish(delivery, Outcome(error=f"transform failed: {exc.detail}"), cached, final=True)
+            return
+        outcome = await self._sender.send(
+            cached.destination,
+            secrets=[cached.secret],
+            webhook_id=delivery.id,
+            body=content,
+            content_type=content_type,
+        )
+        telemetry.ATTEMPT_DURATION.observe(outcome.duration_ms / 1000)
+        if outcome.is_success:
+            if lane.breaker.record_success():
+                self._on_recovered()
+        elif outcome.status_code is None or outcome.status_code >= 500 or outcome.status_code == 429:
+            lane.breaker.record_failure()
+        await self._finish(delivery, outcome, cached, final=False)
+
+    def _render(self, cached: _CachedDestination, loaded: Loaded) -> tuple[bytes, str]:
+        content_type = (
+            "application/cloudevents+json" if loaded.kind == "cloudevents" else "application/json"
+        )
+        if cached.transform is None:
+            return loaded.body.payload, content_type
+        document = msgspec.json.decode(loaded.body.payload)
+        return _encode_json(cached.transform.apply(document)), content_type
+
+    async def _finish(self, delivery: Delivery, outcome: Outcome, cached: _CachedDestination, *, final: bool) -> None:
+        now = now_ms()
+        attempts_made = delivery.attempts + 1
+        status = DeliveryStatus.PENDING
+        next_at: int | None = None
+        code = outcome.status_code
+        gone = code == 410
+        if outcome.is_success:
+            status = DeliveryStatus.SUCCEEDED
+        elif final or gone or (code is not None and 400 <= code < 500 and code not in (408, 429) and not cached.destination.retry_4xx):
+            status = DeliveryStatus.DEAD
+        else:
+            delay = cached.schedule.next_delay(attempts_made, retry_after_s=outcome.retry_after_s)
+            if delay is None:
+                status = DeliveryStatus.DEAD
+            else:
+                next_at = now + int(delay * 1000)
+        attempt_outcome = (
+            AttemptOutcome.SUCCEEDED if outcome.is_success
+            else AttemptOutcome.BLOCKED if outcome.blocked
+            else AttemptOutcome.FAILED
+        )  # fmt: skip
+        attempt = Attempt(
+            id=new_attempt_id(),
+            delivery_id=delivery.id,
+            tenant_id=delivery.tenant_id,
+            started_at_ms=now - int(outcome.duration_ms),
+            duration_ms=round(outcome.duration_ms, 3),
+            outcome=attempt_outcome,
+            status_code=code,
+            error=outcome.error,
+        )
+        await self._rt.store.deliveries.record_attempts(
+            [AttemptResult(attempt=attempt, delivery_status=status.value, next_attempt_at_ms=next_at, last_error=outcome.error)],
+            now_ms=now,
+        )
+        self._meter(delivery.tenant_id, attempt_outcome, status)
+        log.info(
+            "delivery.attempted",
+            delivery_id=delivery.id,
+            tenant_id=delivery.tenant_id,
+            destination_id=delivery.destination_id,
+            event_id=delivery.event_id,
+            attempt=attempts_made,
+            outcome=attempt_outcome.value,
+            status=code,
+            duration_ms=attempt.duration_ms,
+            next_attempt_at_ms=next_at,
+            error=outcome.error,
+        )
+        if gone:
+            await self._disable(cached.destination, "the endpoint answered 410 Gone")
+
+    def _meter(self, tenant_id: TenantId, outcome: AttemptOutcome, status: DeliveryStatus) -> None:
+        meter = self._rt.meter
+        telemetry.ATTEMPTS.labels(outcome.value).inc()
+        meter.add(tenant_id, Meter.DELIVERIES_ATTEMPTED)
+        if outcome is AttemptOutcome.SUCCEEDED:
+            meter.add(tenant_id, Meter.DELIVERIES_SUCCEEDED)
+        else:
+            meter.add(tenant_id, Meter.DELIVERIES_FAILED)
+        if status is DeliveryStatus.DEAD:
+            telemetry.DEAD_LETTERS.inc()
+            meter.add(tenant_id, Meter.DEAD_LETTERS)
+
+    async def _disable(self, destination: Destination, reason: str) -> None:
+        store = self._rt.store
+        await store.destinations.set_destination_status(
+            destination.tenant_id, destination.id, DestinationStatus.DISABLED, reason
+        )
+        moved = await store.deliveries.dead_letter_pending(
+            destination.tenant_id, destination.id, reason, now_ms=now_ms()
+        )
+        self._destinations.pop(destination.id, None)
+        log.warning("destination.disabled", destination_id=destination.id, reason=reason, dead_lettered=moved)
+
+    async def _destination(self, tenant_id: TenantId, destination_id: DestinationId) -> _CachedDestination | None:
+        cached = self._destinations.get(destination_id)
+        if cached is not None and cached.expires > time.monotonic():
+            return cached
+        destination = await self._rt.store.destinations.get_destination(tenant_id, destination_id)
+        if destination is None:
+            self._destinations.pop(destination_id, None)
+            return None
+        cipher = await self._rt.envelope.cipher(tenant_id)
+        secret = cipher.decrypt(destination.secret_ciphertext, b"secret:" + destination.id.encode()).decode()
+        cached = _CachedDestination(
+            destination=destination,
+            secret=secret,
+            schedule=RetrySchedule.parse(destination.retry_schedule or "default"),
+            transform=Transform.compile(destination.transform) if destination.transform else None,
+            expires=time.monotonic() + _DESTINATION_TTL_S,
+        )
+        self._destinations[destination_id] = cached
+        return cached
+
+    async def _load_body(self, tenant_id: TenantId, event_id: EventId) -> Loaded | None:
+        stored = await self._rt.store.events.get_event(tenant_id, event_id)
+        if stored is None:
+            return None
+        cipher = await self._rt.envelope.cipher(tenant_id)
+        try:
+            body = _decode_body(cipher.decrypt(stored.ciphertext, event_id.encode()))
+        except DecryptionFailed:
+            log.error("event.undecryptable", event_id=event_id, tenant_id=tenant_id)
+            return None
+        return Loaded(body=body, kind=stored.meta.kind, received_at_ms=stored.meta.received_at_ms)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking work; wait up to `timeout_s` for attempts in flight; return the rest."""
+        self._stopping = True
+        leftover = [d.id for lane in self._lanes.values() for d in lane.backlog]
+        for lane in self._lanes.values():
+            lane.backlog.clear()
+        if leftover:
+            await self._rt.store.deliveries.release_leases(leftover)
+        if self._tasks:
+            done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)

@@ -1,0 +1,91 @@
+"""The worker role: router, dispatcher and retry scheduler in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from tidegate.destinations.webhook import WebhookSender
+from tidegate.ids import now_ms
+from tidegate.pipeline.deliver import Dispatcher
+from tidegate.pipeline.router import LEASE_MS, Router
+from tidegate.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+_SCAN_S = 1.0
+_CLAIM_LIMIT = 500
+
+
+class Worker:
+    """Runs until `stop()`; then drains in-flight attempts and leaves the rest leased to no one."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._sender = WebhookSender(
+            runtime.ssrf,
+            default_timeout_s=runtime.settings.delivery_timeout_s,
+            limit=runtime.settings.delivery_concurrency,
+        )
+        self._kick = asyncio.Event()
+        self.dispatcher = Dispatcher(runtime, self._sender, on_recovered=self._kick.set)
+        self._router = Router(runtime, self.dispatcher)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._recover()),
+            asyncio.create_task(self._guard("router", self._router.run)),
+            asyncio.create_task(self._guard("scheduler", self._schedule)),
+        ]
+
+    async def _recover(self) -> None:
+        """A sole worker takes back what a crashed predecessor had in flight, at once."""
+        if self._rt.store.exclusive_worker:
+            released = await self._rt.store.deliveries.release_all_leases()
+            if released:
+                log.info("worker.recovered_leases", deliveries=released)
+                self._kick.set()
+
+    def wake(self) -> None:
+        """Look for due deliveries now (after a replay, or a breaker closing)."""
+        self._kick.set()
+
+    async def _guard(self, name: str, loop: object) -> None:
+        assert callable(loop)  # noqa: S101
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a worker loop must outlive one bad batch
+                log.exception("worker.loop_crashed", loop=name)
+                await asyncio.sleep(1)
+
+    async def _schedule(self) -> None:
+        """Claim due deliveries (retries, replays, leases lapsed after a crash)."""
+        deliveries = self._rt.store.deliveries
+        while True:
+            now = now_ms()
+            due = await deliveries.claim_due(now_ms=now, lease_ms=LEASE_MS, limit=_CLAIM_LIMIT)
+            fresh = [d for d in due if not self.dispatcher.is_known(d.id)]
+            if fresh:
+                self.dispatcher.submit(fresh)
+            if len(due) == _CLAIM_LIMIT:
+                continue
+            next_due = await deliveries.next_due_ms()
+            wait_s = _SCAN_S if next_due is None else min(_SCAN_S, max(0.0, (next_due - now_ms()) / 1000))
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), timeout=max(wait_s, 0.01))
+
+    async def stop(self, *, drain_timeout_s: float = 10.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.dispatcher.drain(drain_timeout_s)
+        await self._sender.aclose()

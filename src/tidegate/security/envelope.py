@@ -1,0 +1,132 @@
+"""Envelope encryption at the append boundary: AES-256-GCM with per-tenant data keys.
+
+Each tenant has numbered data keys (DEKs), stored wrapped by the KeyRing's master
+key. The newest encrypts; any can decrypt, so rotation needs no downtime and no
+rewrite. A ciphertext is
+
+    0x01 | key version (4 bytes, big-endian) | nonce (12 bytes) | AES-GCM ciphertext+tag
+
+with associated data binding it to its tenant and purpose, so a blob moved to
+another tenant or another field does not decrypt. Blind indexes (HMAC-SHA256,
+truncated) let the store match event names and messageIds without plaintext; their
+key is derived from the tenant's first data key and never rotates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import struct
+from collections.abc import Sequence
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tidegate.errors import DecryptionFailed
+from tidegate.keys import KeyRing
+from tidegate.model import TenantId
+
+_VERSION = 1
+_HEADER = struct.Struct(">BI")
+
+
+class WrappedKey(Protocol):
+    version: int
+    wrapped: bytes
+
+
+class DataKeyStore(Protocol):
+    """The part of the store that keeps wrapped data keys."""
+
+    async def data_keys(self, tenant_id: TenantId) -> Sequence[WrappedKey]:
+        """Every wrapped key of the tenant, oldest first."""
+        ...
+
+    async def add_data_key(self, tenant_id: TenantId, wrapped: bytes, key_ring_id: str) -> None:
+        """Store the next version; a concurrent add of the same version is ignored."""
+        ...
+
+
+class TenantCipher:
+    """Encrypts and decrypts one tenant's data. Cheap to call: no I/O."""
+
+    def __init__(self, tenant_id: TenantId, keys: dict[int, bytes]) -> None:
+        self.tenant_id = tenant_id
+        self._aeads = {version: AESGCM(key) for version, key in keys.items()}
+        self._current = max(keys)
+        self._index_key = HKDF(
+            algorithm=SHA256(), length=32, salt=None, info=b"tidegate blind index"
+        ).derive(keys[min(keys)])
+        self._aad_prefix = tenant_id.encode() + b"\x00"
+
+    def encrypt(self, plaintext: bytes, purpose: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        header = _HEADER.pack(_VERSION, self._current)
+        body = self._aeads[self._current].encrypt(nonce, plaintext, self._aad_prefix + purpose)
+        return header + nonce + body
+
+    def decrypt(self, blob: bytes, purpose: bytes) -> bytes:
+        if len(blob) < _HEADER.size + 12 + 16:
+            raise DecryptionFailed("ciphertext is truncated")
+        fmt, version = _HEADER.unpack_from(blob)
+        aead = self._aeads.get(version)
+        if fmt != _VERSION or aead is None:
+            raise DecryptionFailed(f"unknown ciphertext format {fmt} or key version {version}")
+        nonce = blob[_HEADER.size : _HEADER.size + 12]
+        try:
+            return aead.decrypt(nonce, blob[_HEADER.size + 12 :], self._aad_prefix + purpose)
+        except InvalidTag as exc:
+            raise DecryptionFailed("ciphertext does not authenticate") from exc
+
+    def index(self, value: str) -> bytes:
+        """A keyed, deterministic 16-byte digest for equality lookups."""
+        return hmac.new(self._index_key, value.encode(), hashlib.sha256).digest()[:16]
+
+
+class Envelope:
+    """Hands out TenantCiphers, creating a tenant's first data key on first use."""
+
+    def __init__(self, key_ring: KeyRing, keys: DataKeyStore) -> None:
+        self._key_ring = key_ring
+        self._keys = keys
+        self._ciphers: dict[TenantId, TenantCipher] = {}
+        self._lock = asyncio.Lock()
+
+    async def cipher(self, tenant_id: TenantId) -> TenantCipher:
+        cached = self._ciphers.get(tenant_id)
+        if cached is not None:
+            return cached
+        async with self._lock:
+            cached = self._ciphers.get(tenant_id)
+            if cached is not None:
+                return cached
+            cipher = await self._load(tenant_id)
+            self._ciphers[tenant_id] = cipher
+            return cipher
+
+    async def rotate(self, tenant_id: TenantId) -> int:
+        """Add a new data key; new writes use it, old data stays readable."""
+        await self._keys.add_data_key(
+            tenant_id, await self._key_ring.wrap(secrets.token_bytes(32), tenant_id), self._key_ring.key_id
+        )
+        async with self._lock:
+            self._ciphers.pop(tenant_id, None)
+        return max(k.version for k in await self._keys.data_keys(tenant_id))
+
+    def forget(self, tenant_id: TenantId) -> None:
+        """Drop the cached keys (another process rotated them)."""
+        self._ciphers.pop(tenant_id, None)
+
+    async def _load(self, tenant_id: TenantId) -> TenantCipher:
+        stored = await self._keys.data_keys(tenant_id)
+        if not stored:
+            wrapped = await self._key_ring.wrap(secrets.token_bytes(32), tenant_id)
+            await self._keys.add_data_key(tenant_id, wrapped, self._key_ring.key_id)
+            stored = await self._keys.data_keys(tenant_id)
+        keys = {k.version: await self._key_ring.unwrap(k.wrapped, tenant_id) for k in stored}
+        return TenantCipher(tenant_id, keys)

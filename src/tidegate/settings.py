@@ -1,0 +1,86 @@
+"""Settings: the one typed config object, read once from TIDEGATE_* variables.
+
+The CLI builds it and passes it explicitly; nothing else reads the environment.
+Defaults run the embedded mode with zero external services.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Region = Literal["eu", "us"]
+
+
+class Settings(BaseSettings):
+    """Every knob, documented here (README "Settings" mirrors this class)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEGATE_", frozen=True, extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".tidegate"), description="Where the embedded engines keep their files."
+    )
+    log_url: str = Field(default="", description="Event log URL; default sqlite in data_dir.")
+    store_url: str = Field(default="", description="Store URL; default sqlite in data_dir.")
+    key_file: Path | None = Field(
+        default=None, description="Master key file (created 0600 on first run)."
+    )
+    region: Region = Field(default="eu", description="The region (cell) this process serves.")
+    region_endpoints: dict[str, str] = Field(
+        default_factory=lambda: {
+            "eu": "https://eu.tidegate.example",
+            "us": "https://us.tidegate.example",
+        },
+        description="Public endpoint of each region, named in 421 answers.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    roles: frozenset[Literal["api", "worker"]] = frozenset({"api", "worker"})
+    dedupe_window_s: float = Field(default=24 * 3600, gt=0, description="messageId dedupe window.")
+    delivery_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    delivery_concurrency: int = Field(
+        default=256, ge=1, description="Deliveries in flight per worker process."
+    )
+    destination_concurrency: int = Field(
+        default=16, ge=1, description="Deliveries in flight per destination."
+    )
+    ssrf_allow_cidrs: tuple[str, ...] = Field(
+        default=(), description="CIDRs exempt from SSRF checks (development and tests only)."
+    )
+    https_only: bool = Field(
+        default=False, description="Refuse http:// destinations (production setting)."
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        default=5.0, gt=0, description="First wait before a breaker probe."
+    )
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    demo: bool = Field(default=False, description="Mount the demo webhook receiver.")
+
+    @field_validator("ssrf_allow_cidrs", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def resolved_log_url(self) -> str:
+        return self.log_url or f"sqlite:///{self.data_dir / 'log.db'}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir / 'store.db'}"
+
+    @property
+    def resolved_key_file(self) -> Path:
+        return self.key_file or self.data_dir / "master.key"
+
+    def endpoint_for(self, region: str) -> str:
+        return self.region_endpoints.get(region, f"https://{region}.tidegate.example")

@@ -1,0 +1,229 @@
+"""The store: small Protocols per aggregate, bundled by `Store`.
+
+Every method that touches tenant data takes the tenant id and scopes its query by
+it; a row of another tenant is indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
+from tidegate.model import (
+    Attempt,
+    Delivery,
+    DeliveryId,
+    Destination,
+    DestinationId,
+    DestinationStatus,
+    EventId,
+    EventMeta,
+    Source,
+    Tenant,
+    TenantId,
+)
+from tidegate.security.envelope import DataKeyStore
+
+
+class DataKey(msgspec.Struct, frozen=True):
+    version: int
+    wrapped: bytes
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    meta: EventMeta
+    ciphertext: bytes
+
+
+class RoutedEvent(msgspec.Struct, frozen=True):
+    """An event from the log and the destinations its filters selected."""
+
+    meta: EventMeta
+    ciphertext: bytes
+    destination_ids: tuple[DestinationId, ...]
+
+
+class AttemptResult(msgspec.Struct, frozen=True):
+    """The outcome of one attempt and what it does to its delivery."""
+
+    attempt: Attempt
+    delivery_status: str  # DeliveryStatus value
+    next_attempt_at_ms: int | None
+    last_error: str | None
+
+
+class UsageIncrement(msgspec.Struct, frozen=True):
+    tenant_id: TenantId
+    hour_ms: int
+    meter: str
+    value: int
+
+
+class UsageRow(msgspec.Struct, frozen=True):
+    tenant_id: TenantId
+    hour_ms: int
+    meter: str
+    value: int
+
+
+class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
+    type: str | None = None
+    name_index: bytes | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    after_id: EventId | None = None
+    limit: int = 50
+
+
+class DeliveryQuery(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: EventId | None = None
+    destination_id: DestinationId | None = None
+    status: str | None = None
+    after_id: DeliveryId | None = None
+    limit: int = 50
+
+
+class TenantStore(DataKeyStore, Protocol):
+    """Tenants, their sources (write keys), API keys and data keys."""
+
+    async def create_tenant(self, tenant: Tenant) -> None: ...
+    async def get_tenant(self, tenant_id: TenantId) -> Tenant | None: ...
+    async def list_tenants(self) -> list[Tenant]: ...
+    async def create_source(self, source: Source, write_key_hash: str) -> None: ...
+    async def source_by_key(self, write_key_hash: str) -> Source | None:
+        """The live source whose write key hashes to `write_key_hash`."""
+        ...
+
+    async def create_api_key(self, tenant_id: TenantId, key_hash: str, name: str) -> None: ...
+    async def tenant_by_api_key(self, key_hash: str) -> TenantId | None: ...
+
+
+class DestinationStore(Protocol):
+    async def create_destination(self, destination: Destination) -> None: ...
+    async def get_destination(
+        self, tenant_id: TenantId, destination_id: DestinationId
+    ) -> Destination | None: ...
+    async def list_destinations(self, tenant_id: TenantId) -> list[Destination]: ...
+    async def enabled_destinations(self, tenant_ids: Sequence[TenantId]) -> list[Destination]:
+        """Every enabled destination of these tenants (the router's per-batch lookup)."""
+        ...
+
+    async def set_destination_status(
+        self,
+        tenant_id: TenantId,
+        destination_id: DestinationId,
+        status: DestinationStatus,
+        reason: str | None,
+    ) -> None: ...
+
+
+class EventStore(Protocol):
+    async def record_routed(
+        self, events: Sequence[RoutedEvent], *, now_ms: int, dedupe_window_ms: int, lease_ms: int
+    ) -> list[Delivery]:
+        """In one transaction: keep each event unless it duplicates an earlier one.
+
+        An event is a duplicate when another event of its tenant with the same
+        `dedupe_index` was kept within the window. A kept event is stored with one
+        pending delivery per selected destination, leased for `lease_ms` to the
+        caller (which attempts it at once). Recording the same event id twice (a log
+        batch consumed again after a crash) changes nothing. Returns the new deliveries.
+        """
+        ...
+
+    async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None: ...
+    async def get_events(self, tenant_id: TenantId, event_ids: Sequence[EventId]) -> list[StoredEvent]: ...
+    async def list_events(self, tenant_id: TenantId, query: EventQuery) -> list[StoredEvent]:
+        """Newest first, by id (time-ordered), after `after_id` when given."""
+        ...
+
+
+class DeliveryStore(Protocol):
+    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> list[Delivery]:
+        """Lease up to `limit` pending deliveries due by `now_ms` and not leased by anyone."""
+        ...
+
+    async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:
+        """Store attempts and update their deliveries (status, schedule, lease released)."""
+        ...
+
+    async def next_due_ms(self) -> int | None:
+        """When the earliest pending delivery falls due (the scheduler's alarm)."""
+        ...
+
+    async def defer(self, delivery_ids: Sequence[DeliveryId], until_ms: int) -> None:
+        """Postpone without an attempt (open circuit breaker); releases the lease."""
+        ...
+
+    async def get_delivery(self, tenant_id: TenantId, delivery_id: DeliveryId) -> Delivery | None: ...
+    async def list_deliveries(self, tenant_id: TenantId, query: DeliveryQuery) -> list[Delivery]: ...
+    async def list_attempts(
+        self, tenant_id: TenantId, delivery_ids: Sequence[DeliveryId]
+    ) -> list[Attempt]: ...
+    async def dead_letter_pending(
+        self, tenant_id: TenantId, destination_id: DestinationId, reason: str, *, now_ms: int
+    ) -> int:
+        """Every pending delivery of the destination becomes a dead letter (it was disabled)."""
+        ...
+
+    async def replay_dead_letters(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> int:
+        """Dead letters go back to pending, due now, keeping their webhook-id."""
+        ...
+
+    async def replay_events(
+        self,
+        tenant_id: TenantId,
+        *,
+        event_ids: Sequence[EventId] | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        destination_ids: Sequence[DestinationId],
+        now_ms: int,
+    ) -> int:
+        """New deliveries (new webhook-ids, `replay_of` set) for the chosen events."""
+        ...
+
+    async def release_leases(self, delivery_ids: Sequence[DeliveryId]) -> None:
+        """Give leased, unattempted deliveries back (clean shutdown)."""
+        ...
+
+    async def release_all_leases(self) -> int:
+        """Release every lease (a sole worker starting after a crash); returns how many."""
+        ...
+
+
+class UsageStore(Protocol):
+    async def add_usage(self, increments: Sequence[UsageIncrement]) -> None: ...
+    async def usage_report(
+        self, tenant_id: TenantId, *, since_ms: int | None, until_ms: int | None
+    ) -> list[UsageRow]: ...
+
+
+class Store(Protocol):
+    """The store as a whole: one object per engine exposing each aggregate."""
+
+    @property
+    def tenants(self) -> TenantStore: ...
+    @property
+    def destinations(self) -> DestinationStore: ...
+    @property
+    def events(self) -> EventStore: ...
+    @property
+    def deliveries(self) -> DeliveryStore: ...
+    @property
+    def usage(self) -> UsageStore: ...
+    @property
+    def exclusive_worker(self) -> bool:
+        """True when one process owns the engine (embedded SQLite): a starting worker may
+        release every lease at once, since no other worker can hold one."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise BackendUnavailable unless the store answers."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,644 @@
+"""SqliteStore: the embedded store, one SQLite file (WAL, group commit)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tidegate.embedded import EmbeddedDatabase, sqlite_path
+from tidegate.errors import Conflict
+from tidegate.ids import new_delivery_id
+from tidegate.model import (
+    Attempt,
+    AttemptOutcome,
+    Delivery,
+    DeliveryId,
+    DeliveryStatus,
+    Destination,
+    DestinationId,
+    DestinationStatus,
+    EventId,
+    EventMeta,
+    Source,
+    SourceId,
+    Tenant,
+    TenantId,
+)
+from tidegate.store.base import (
+    AttemptResult,
+    DataKey,
+    DeliveryQuery,
+    EventQuery,
+    RoutedEvent,
+    StoredEvent,
+    UsageIncrement,
+    UsageRow,
+)
+
+_PENDING = DeliveryStatus.PENDING.value
+_DEAD = DeliveryStatus.DEAD.value
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqliteStore:
+    """Implements every store Protocol on one embedded database."""
+
+    def __init__(self, path: Path) -> None:
+        schema = resources.files("tidegate.store").joinpath("schema_sqlite.sql").read_text()
+        self._db = EmbeddedDatabase(path, schema)
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        return cls(sqlite_path(url, "TIDEGATE_STORE_URL"))
+
+    # The Store bundle: this one object serves every aggregate.
+    @property
+    def tenants(self) -> SqliteStore:
+        return self
+
+    @property
+    def destinations(self) -> SqliteStore:
+        return self
+
+    @property
+    def events(self) -> SqliteStore:
+        return self
+
+    @property
+    def deliveries(self) -> SqliteStore:
+        return self
+
+    @property
+    def usage(self) -> SqliteStore:
+        return self
+
+    @property
+    def exclusive_worker(self) -> bool:
+        return True
+
+    async def ping(self) -> None:
+        await self._db.read(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+    # -- tenants, sources, keys -------------------------------------------------------
+
+    async def create_tenant(self, tenant: Tenant) -> None:
+        await self._db.write(
+            lambda c: c.execute(
+                "INSERT INTO tenants (id, name, region, created_at_ms) VALUES (?, ?, ?, ?)",
+                (tenant.id, tenant.name, tenant.region, tenant.created_at_ms),
+            )
+        )
+
+    async def get_tenant(self, tenant_id: TenantId) -> Tenant | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT id, name, region, created_at_ms FROM tenants WHERE id = ?", (tenant_id,)
+            ).fetchone()
+        )
+        return _tenant(row) if row else None
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT id, name, region, created_at_ms FROM tenants ORDER BY id"
+            ).fetchall()
+        )
+        return [_tenant(r) for r in rows]
+
+    async def create_source(self, source: Source, write_key_hash: str) -> None:
+        def insert(c: sqlite3.Connection) -> None:
+            if not c.execute("SELECT 1 FROM tenants WHERE id = ?", (source.tenant_id,)).fetchone():
+                raise Conflict(f"tenant {source.tenant_id} does not exist")
+            c.execute(
+                "INSERT INTO sources (id, tenant_id, name, write_key_hash, created_at_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (source.id, source.tenant_id, source.name, write_key_hash, source.created_at_ms),
+            )
+
+        await self._db.write(insert)
+
+    async def source_by_key(self, write_key_hash: str) -> Source | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT id, tenant_id, name, created_at_ms FROM sources"
+                " WHERE write_key_hash = ? AND revoked_at_ms IS NULL",
+                (write_key_hash,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return Source(
+            id=SourceId(row[0]), tenant_id=TenantId(row[1]), name=row[2], created_at_ms=row[3]
+        )
+
+    async def create_api_key(self, tenant_id: TenantId, key_hash: str, name: str) -> None:
+        from tidegate.ids import now_ms
+
+        def insert(c: sqlite3.Connection) -> None:
+            if not c.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone():
+                raise Conflict(f"tenant {tenant_id} does not exist")
+            c.execute(
+                "INSERT INTO api_keys (key_hash, tenant_id, name, created_at_ms) VALUES (?, ?, ?, ?)",
+                (key_hash, tenant_id, name, now_ms()),
+            )
+
+        await self._db.write(insert)
+
+    async def tenant_by_api_key(self, key_hash: str) -> TenantId | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT tenant_id FROM api_keys WHERE key_hash = ? AND revoked_at_ms IS NULL",
+                (key_hash,),
+            ).fetchone()
+        )
+        return TenantId(row[0]) if row else None
+
+    async def data_keys(self, tenant_id: TenantId) -> list[DataKey]:
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT version, wrapped FROM data_keys WHERE tenant_id = ? ORDER BY version",
+                (tenant_id,),
+            ).fetchall()
+        )
+        return [DataKey(version=v, wrapped=w) for v, w in rows]
+
+    async def add_data_key(self, tenant_id: TenantId, wrapped: bytes, key_ring_id: str) -> None:
+        from tidegate.ids import now_ms
+
+        def insert(c: sqlite3.Connection) -> None:
+            (version,) = c.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM data_keys WHERE tenant_id = ?",
+                (tenant_id,),
+            ).fetchone()
+            c.execute(
+                "INSERT INTO data_keys (tenant_id, version, wrapped, key_ring_id, created_at_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (tenant_id, version, wrapped, key_ring_id, now_ms()),
+            )
+
+        await self._db.write(insert)
+
+    # -- destinations -------------------------------------------------------------------
+
+    async def create_destination(self, destination: Destination) -> None:
+        d = destination
+
+        def insert(c: sqlite3.Connection) -> None:
+            if not c.execute("SELECT 1 FROM tenants WHERE id = ?", (d.tenant_id,)).fetchone():
+                raise Conflict(f"tenant {d.tenant_id} does not exist")
+            c.execute(
+                f"INSERT INTO destinations ({_DEST_COLUMNS}) VALUES ({_placeholders(13)})",
+                (
+                    d.id, d.tenant_id, d.name, d.url, d.secret_ciphertext, d.filter, d.transform,
+                    d.retry_schedule, int(d.retry_4xx), d.timeout_s, d.status.value,
+                    d.disabled_reason, d.created_at_ms,
+                ),
+            )  # fmt: skip
+
+        await self._db.write(insert)
+
+    async def get_destination(
+        self, tenant_id: TenantId, destination_id: DestinationId
+    ) -> Destination | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_DEST_COLUMNS} FROM destinations WHERE tenant_id = ? AND id = ?",
+                (tenant_id, destination_id),
+            ).fetchone()
+        )
+        return _destination(row) if row else None
+
+    async def list_destinations(self, tenant_id: TenantId) -> list[Destination]:
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_DEST_COLUMNS} FROM destinations WHERE tenant_id = ? ORDER BY id",
+                (tenant_id,),
+            ).fetchall()
+        )
+        return [_destination(r) for r in rows]
+
+    async def enabled_destinations(self, tenant_ids: Sequence[TenantId]) -> list[Destination]:
+        ids = list(dict.fromkeys(tenant_ids))
+        if not ids:
+            return []
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_DEST_COLUMNS} FROM destinations"
+                f" WHERE tenant_id IN ({_placeholders(len(ids))}) AND status = 'enabled'"
+                " ORDER BY id",
+                ids,
+            ).fetchall()
+        )
+        return [_destination(r) for r in rows]
+
+    async def set_destination_status(
+        self,
+        tenant_id: TenantId,
+        destination_id: DestinationId,
+        status: DestinationStatus,
+        reason: str | None,
+    ) -> None:
+        await self._db.write(
+            lambda c: c.execute(
+                "UPDATE destinations SET status = ?, disabled_reason = ?"
+                " WHERE tenant_id = ? AND id = ?",
+                (status.value, reason, tenant_id, destination_id),
+            )
+        )
+
+    # -- events -------------------------------------------------------------------------
+
+    async def record_routed(
+        self, events: Sequence[RoutedEvent], *, now_ms: int, dedupe_window_ms: int, lease_ms: int
+    ) -> list[Delivery]:
+        def record(c: sqlite3.Connection) -> list[Delivery]:
+            created: list[Delivery] = []
+            for item in events:
+                m = item.meta
+                c.execute(
+                    "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
+                    " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
+                    " WHERE dedupe.expires_at_ms <= ?",
+                    (m.tenant_id, m.dedupe_index, m.id, now_ms + dedupe_window_ms, now_ms),
+                )
+                (owner,) = c.execute(
+                    "SELECT event_id FROM dedupe WHERE tenant_id = ? AND dedupe_index = ?",
+                    (m.tenant_id, m.dedupe_index),
+                ).fetchone()
+                if owner != m.id:
+                    continue  # a duplicate of an event kept within the window
+                inserted = c.execute(
+                    "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
+                    " name_index, dedupe_index, received_at_ms, ciphertext)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        m.tenant_id, m.id, m.source_id, m.kind, m.type, m.name_index,
+                        m.dedupe_index, m.received_at_ms, item.ciphertext,
+                    ),
+                ).rowcount  # fmt: skip
+                if not inserted:
+                    continue  # this very event was recorded before (log replayed after a crash)
+                for destination_id in item.destination_ids:
+                    delivery = Delivery(
+                        id=new_delivery_id(),
+                        tenant_id=m.tenant_id,
+                        event_id=m.id,
+                        destination_id=destination_id,
+                        status=DeliveryStatus.PENDING,
+                        attempts=0,
+                        next_attempt_at_ms=now_ms,
+                        created_at_ms=now_ms,
+                        updated_at_ms=now_ms,
+                    )
+                    _insert_delivery(c, delivery, lease_until_ms=now_ms + lease_ms)
+                    created.append(delivery)
+            return created
+
+        return await self._db.write(record)
+
+    async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND id = ?",
+                (tenant_id, event_id),
+            ).fetchone()
+        )
+        return _stored_event(row) if row else None
+
+    async def get_events(
+        self, tenant_id: TenantId, event_ids: Sequence[EventId]
+    ) -> list[StoredEvent]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return []
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events"
+                f" WHERE tenant_id = ? AND id IN ({_placeholders(len(ids))})",
+                [tenant_id, *ids],
+            ).fetchall()
+        )
+        return [_stored_event(r) for r in rows]
+
+    async def list_events(self, tenant_id: TenantId, query: EventQuery) -> list[StoredEvent]:
+        where = ["tenant_id = ?"]
+        args: list[Any] = [tenant_id]
+        if query.type is not None:
+            where.append("type = ?")
+            args.append(query.type)
+        if query.name_index is not None:
+            where.append("name_index = ?")
+            args.append(query.name_index)
+        if query.since_ms is not None:
+            where.append("received_at_ms >= ?")
+            args.append(query.since_ms)
+        if query.until_ms is not None:
+            where.append("received_at_ms < ?")
+            args.append(query.until_ms)
+        if query.after_id is not None:
+            where.append("id < ?")
+            args.append(query.after_id)
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
+        return [_stored_event(r) for r in rows]
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> list[Delivery]:
+        def claim(c: sqlite3.Connection) -> list[Delivery]:
+            rows = c.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+                " AND next_attempt_at_ms <= ? AND (lease_until_ms IS NULL OR lease_until_ms < ?)"
+                " ORDER BY next_attempt_at_ms LIMIT ?",
+                (now_ms, now_ms, limit),
+            ).fetchall()
+            if rows:
+                c.executemany(
+                    "UPDATE deliveries SET lease_until_ms = ? WHERE id = ?",
+                    [(now_ms + lease_ms, r[0]) for r in rows],
+                )
+            return [_delivery(r) for r in rows]
+
+        return await self._db.write(claim)
+
+    async def next_due_ms(self) -> int | None:
+        """When the earliest pending delivery falls due (the scheduler's alarm)."""
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT MIN(MAX(next_attempt_at_ms, COALESCE(lease_until_ms, 0)))"
+                " FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        )
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:
+        def record(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms, duration_ms,"
+                " outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.attempt.id, r.attempt.delivery_id, r.attempt.tenant_id,
+                        r.attempt.started_at_ms, r.attempt.duration_ms, r.attempt.outcome.value,
+                        r.attempt.status_code, r.attempt.error,
+                    )
+                    for r in results
+                ],
+            )  # fmt: skip
+            c.executemany(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                " next_attempt_at_ms = ?, lease_until_ms = NULL, updated_at_ms = ?,"
+                " last_error = ? WHERE id = ? AND tenant_id = ?",
+                [
+                    (
+                        r.delivery_status, r.next_attempt_at_ms, now_ms, r.last_error,
+                        r.attempt.delivery_id, r.attempt.tenant_id,
+                    )
+                    for r in results
+                ],
+            )  # fmt: skip
+
+        await self._db.write(record)
+
+    async def defer(self, delivery_ids: Sequence[DeliveryId], until_ms: int) -> None:
+        await self._db.write(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET next_attempt_at_ms = ?, lease_until_ms = NULL"
+                " WHERE id = ? AND status = 'pending'",
+                [(until_ms, d) for d in delivery_ids],
+            )
+        )
+
+    async def release_leases(self, delivery_ids: Sequence[DeliveryId]) -> None:
+        await self._db.write(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET lease_until_ms = NULL WHERE id = ?",
+                [(d,) for d in delivery_ids],
+            )
+        )
+
+    async def release_all_leases(self) -> int:
+        return await self._db.write(
+            lambda c: c.execute(
+                "UPDATE deliveries SET lease_until_ms = NULL"
+                " WHERE status = 'pending' AND lease_until_ms IS NOT NULL"
+            ).rowcount
+        )
+
+    async def get_delivery(self, tenant_id: TenantId, delivery_id: DeliveryId) -> Delivery | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = ? AND id = ?",
+                (tenant_id, delivery_id),
+            ).fetchone()
+        )
+        return _delivery(row) if row else None
+
+    async def list_deliveries(self, tenant_id: TenantId, query: DeliveryQuery) -> list[Delivery]:
+        where = ["tenant_id = ?"]
+        args: list[Any] = [tenant_id]
+        for column, value in (
+            ("event_id", query.event_id),
+            ("destination_id", query.destination_id),
+            ("status", query.status),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.after_id is not None:
+            where.append("id < ?")
+            args.append(query.after_id)
+        sql = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)}"
+            " ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
+        return [_delivery(r) for r in rows]
+
+    async def list_attempts(
+        self, tenant_id: TenantId, delivery_ids: Sequence[DeliveryId]
+    ) -> list[Attempt]:
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return []
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT id, delivery_id, tenant_id, started_at_ms, duration_ms, outcome,"
+                " status_code, error FROM attempts"
+                f" WHERE tenant_id = ? AND delivery_id IN ({_placeholders(len(ids))}) ORDER BY id",
+                [tenant_id, *ids],
+            ).fetchall()
+        )
+        return [
+            Attempt(
+                id=r[0], delivery_id=DeliveryId(r[1]), tenant_id=TenantId(r[2]),
+                started_at_ms=r[3], duration_ms=r[4], outcome=AttemptOutcome(r[5]),
+                status_code=r[6], error=r[7],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    async def dead_letter_pending(
+        self, tenant_id: TenantId, destination_id: DestinationId, reason: str, *, now_ms: int
+    ) -> int:
+        return await self._db.write(
+            lambda c: c.execute(
+                "UPDATE deliveries SET status = 'dead', next_attempt_at_ms = NULL,"
+                " lease_until_ms = NULL, last_error = ?, updated_at_ms = ?"
+                " WHERE tenant_id = ? AND destination_id = ? AND status = 'pending'",
+                (reason, now_ms, tenant_id, destination_id),
+            ).rowcount
+        )
+
+    async def replay_dead_letters(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> int:
+        return await self._db.write(
+            lambda c: c.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at_ms = ?,"
+                " lease_until_ms = NULL, attempts = 0, updated_at_ms = ?"
+                " WHERE tenant_id = ? AND destination_id = ? AND status = 'dead'",
+                (now_ms, now_ms, tenant_id, destination_id),
+            ).rowcount
+        )
+
+    async def replay_events(
+        self,
+        tenant_id: TenantId,
+        *,
+        event_ids: Sequence[EventId] | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        destination_ids: Sequence[DestinationId],
+        now_ms: int,
+    ) -> int:
+        where = ["tenant_id = ?"]
+        args: list[Any] = [tenant_id]
+        if event_ids is not None:
+            where.append(f"id IN ({_placeholders(len(event_ids))})")
+            args.extend(event_ids)
+        if since_ms is not None:
+            where.append("received_at_ms >= ?")
+            args.append(since_ms)
+        if until_ms is not None:
+            where.append("received_at_ms < ?")
+            args.append(until_ms)
+
+        def replay(c: sqlite3.Connection) -> int:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    f"SELECT id FROM events WHERE {' AND '.join(where)} ORDER BY id", args
+                )
+            ]
+            count = 0
+            for event_id in ids:
+                for destination_id in destination_ids:
+                    _insert_delivery(
+                        c,
+                        Delivery(
+                            id=new_delivery_id(), tenant_id=tenant_id, event_id=EventId(event_id),
+                            destination_id=destination_id, status=DeliveryStatus.PENDING,
+                            attempts=0, next_attempt_at_ms=now_ms, created_at_ms=now_ms,
+                            updated_at_ms=now_ms, replay_of=None,
+                        ),
+                        lease_until_ms=None,
+                    )  # fmt: skip
+                    count += 1
+            return count
+
+        return await self._db.write(replay)
+
+    # -- usage --------------------------------------------------------------------------
+
+    async def add_usage(self, increments: Sequence[UsageIncrement]) -> None:
+        if not increments:
+            return
+        await self._db.write(
+            lambda c: c.executemany(
+                "INSERT INTO usage (tenant_id, hour_ms, meter, value) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (tenant_id, hour_ms, meter) DO UPDATE"
+                " SET value = value + excluded.value",
+                [(i.tenant_id, i.hour_ms, i.meter, i.value) for i in increments],
+            )
+        )
+
+    async def usage_report(
+        self, tenant_id: TenantId, *, since_ms: int | None, until_ms: int | None
+    ) -> list[UsageRow]:
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT tenant_id, hour_ms, meter, value FROM usage WHERE tenant_id = ?"
+                " AND hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms, meter",
+                (tenant_id, since_ms or 0, until_ms or 2**62),
+            ).fetchall()
+        )
+        return [UsageRow(TenantId(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+_DEST_COLUMNS = (
+    "id, tenant_id, name, url, secret_ct, filter, transform, retry_schedule, retry_4xx,"
+    " timeout_s, status, disabled_reason, created_at_ms"
+)
+_EVENT_COLUMNS = (
+    "id, tenant_id, source_id, kind, type, name_index, dedupe_index, received_at_ms, ciphertext"
+)
+_DELIVERY_COLUMNS = (
+    "id, tenant_id, event_id, destination_id, status, attempts, next_attempt_at_ms,"
+    " created_at_ms, updated_at_ms, last_error, replay_of"
+)
+
+
+def _tenant(row: Sequence[Any]) -> Tenant:
+    return Tenant(id=TenantId(row[0]), name=row[1], region=row[2], created_at_ms=row[3])
+
+
+def _destination(row: Sequence[Any]) -> Destination:
+    return Destination(
+        id=DestinationId(row[0]), tenant_id=TenantId(row[1]), name=row[2], url=row[3],
+        secret_ciphertext=row[4], filter=row[5], transform=row[6], retry_schedule=row[7],
+        retry_4xx=bool(row[8]), timeout_s=row[9], status=DestinationStatus(row[10]),
+        disabled_reason=row[11], created_at_ms=row[12],
+    )  # fmt: skip
+
+
+def _stored_event(row: Sequence[Any]) -> StoredEvent:
+    meta = EventMeta(
+        id=EventId(row[0]), tenant_id=TenantId(row[1]), source_id=SourceId(row[2]), kind=row[3],
+        type=row[4], name_index=row[5], dedupe_index=row[6], received_at_ms=row[7],
+    )  # fmt: skip
+    return StoredEvent(meta=meta, ciphertext=row[8])
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=DeliveryId(row[0]), tenant_id=TenantId(row[1]), event_id=EventId(row[2]),
+        destination_id=DestinationId(row[3]), status=DeliveryStatus(row[4]), attempts=row[5],
+        next_attempt_at_ms=row[6], created_at_ms=row[7], updated_at_ms=row[8],
+        last_error=row[9], replay_of=row[10],
+    )  # fmt: skip
+
+
+def _insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int | None) -> None:
+    c.execute(
+        "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
+        " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            d.id, d.tenant_id, d.event_id, d.destination_id, d.status.value, d.attempts,
+            d.next_attempt_at_ms, lease_until_ms, d.created_at_ms, d.updated_at_ms, d.replay_of,
+        ),
+    )  # fmt: skip

@@ -1,0 +1,68 @@
+"""Logging (structlog, JSON off a TTY) and Prometheus metrics.
+
+Logs never carry payloads, tokens or secrets: `redact` drops known keys from every
+log line whatever the call site passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+SECRET_KEYS = frozenset(
+    {
+        "authorization", "write_key", "writekey", "writeKey", "secret", "password", "token",
+        "api_key", "payload", "body", "data", "properties", "traits", "context",
+    }
+)  # fmt: skip
+
+INGESTED = Counter("tidegate_events_ingested_total", "Events durably accepted", ["kind"])
+REJECTED = Counter("tidegate_requests_rejected_total", "Ingest requests refused", ["code"])
+ATTEMPTS = Counter("tidegate_delivery_attempts_total", "Delivery attempts", ["outcome"])
+DEAD_LETTERS = Counter("tidegate_dead_letters_total", "Deliveries that exhausted the schedule")
+LATENCY = Histogram(
+    "tidegate_ingest_to_attempt_seconds",
+    "From receivedAt to the start of the first delivery attempt",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ATTEMPT_DURATION = Histogram(
+    "tidegate_attempt_duration_seconds",
+    "Duration of one webhook attempt",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
+)
+
+
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key in SECRET_KEYS:
+            event_dict[key] = "[REDACTED]"
+    return event_dict
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    json_output = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,73 @@
+"""Envelope encryption: per-tenant keys, binding to tenant and purpose, rotation, key file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tidegate.errors import ConfigError, DecryptionFailed
+from tidegate.keys.localfile import LocalFileKeyRing
+from tidegate.model import TenantId
+from tidegate.security.envelope import Envelope
+from tidegate.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def envelope(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = SqliteStore(tmp_path / "store.db")
+    yield Envelope(LocalFileKeyRing(tmp_path / "master.key"), store)
+    await store.aclose()
+
+
+def test_key_file_is_created_0600(tmp_path: Path) -> None:
+    LocalFileKeyRing(tmp_path / "k")
+    assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
+
+
+def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    LocalFileKeyRing(tmp_path / "k")
+    os.chmod(tmp_path / "k", 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        LocalFileKeyRing(tmp_path / "k")
+
+
+async def test_round_trip_and_no_plaintext_in_ciphertext(envelope: Envelope) -> None:
+    cipher = await envelope.cipher(TenantId("t1"))
+    blob = cipher.encrypt(b"marker-123", b"evt")
+    assert b"marker-123" not in blob
+    assert cipher.decrypt(blob, b"evt") == b"marker-123"
+
+
+async def test_ciphertext_is_bound_to_tenant_and_purpose(envelope: Envelope) -> None:
+    a = await envelope.cipher(TenantId("a"))
+    b = await envelope.cipher(TenantId("b"))
+    blob = a.encrypt(b"secret", b"evt-1")
+    with pytest.raises(DecryptionFailed):
+        b.decrypt(blob, b"evt-1")
+    with pytest.raises(DecryptionFailed):
+        a.decrypt(blob, b"evt-2")
+
+
+async def test_rotation_keeps_old_data_readable_and_index_stable(envelope: Envelope) -> None:
+    tenant = TenantId("t")
+    before = await envelope.cipher(tenant)
+    old_blob = before.encrypt(b"old", b"p")
+    old_index = before.index("Order Completed")
+    assert await envelope.rotate(tenant) == 2
+    after = await envelope.cipher(tenant)
+    assert after.decrypt(old_blob, b"p") == b"old"
+    assert after.encrypt(b"new", b"p")[1:5] == (2).to_bytes(4, "big")
+    assert after.index("Order Completed") == old_index
+
+
+async def test_wrong_master_key_cannot_unwrap(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    try:
+        await Envelope(LocalFileKeyRing(tmp_path / "k1"), store).cipher(TenantId("t"))
+        with pytest.raises(DecryptionFailed):
+            await Envelope(LocalFileKeyRing(tmp_path / "k2"), store).cipher(TenantId("t"))
+    finally:
+        await store.aclose()
