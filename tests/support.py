@@ -70,15 +70,19 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 path = self.path
                 with receiver._lock:
                     receiver.received.append(
-                        Received(path, {k.lower(): v for k, v in self.headers.items()}, body,
-                                 time.monotonic())
-                    )  # fmt: skip
+                        Received(
+                            path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.monotonic(),
+                        )
+                    )
                     plan = receiver.behaviour.get(path, [200])
                     action = plan.pop(0) if len(plan) > 1 else plan[0]
                 if action == "hang":
@@ -121,7 +125,9 @@ class Receiver:
 class Tidegate:
     """`tidegate serve` in a subprocess, sharing a data dir with CLI calls."""
 
-    def __init__(self, data_dir: Path, *, region: str = "eu", extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, region: str = "eu", extra_env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.env = {
@@ -142,8 +148,10 @@ class Tidegate:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tidegate", "serve", *args],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         wait_until(self._ready, timeout=30)
         return self
 
@@ -174,8 +182,11 @@ class Tidegate:
         """Run `tidegate ARGS --json` against the same data dir; parsed JSON output."""
         done = subprocess.run(
             [sys.executable, "-m", "tidegate", *args, "--json"],
-            env=self.env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"tidegate {' '.join(args)} failed: {done.stderr}")
         return json.loads(done.stdout) if done.returncode == 0 else done
@@ -208,6 +219,8 @@ class TenantHandle:
 
     def get(self, path: str, **params: Any) -> requests.Response:
         return requests.get(
-            self.tg.base + path, params=params,
-            headers={"authorization": f"Bearer {self.api_key}"}, timeout=10,
-        )  # fmt: skip
+            self.tg.base + path,
+            params=params,
+            headers={"authorization": f"Bearer {self.api_key}"},
+            timeout=10,
+        )

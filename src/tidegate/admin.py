@@ -112,7 +112,9 @@ async def replay_targets(
 ) -> list[DestinationId]:
     """The destinations a replay goes to: the one named (of this tenant), or every enabled one."""
     if destination_id is None:
-        return [d.id for d in await rt.store.destinations.enabled_destinations([TenantId(tenant_id)])]
+        return [
+            d.id for d in await rt.store.destinations.enabled_destinations([TenantId(tenant_id)])
+        ]
     found = await rt.store.destinations.get_destination(
         TenantId(tenant_id), DestinationId(destination_id)
     )

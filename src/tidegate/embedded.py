@@ -11,6 +11,7 @@ lets them proceed while the writer commits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -184,7 +185,5 @@ def _settle(job: _Job, ok: bool, value: Any) -> None:
         else:
             job.future.set_exception(value)
 
-    try:
+    with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nothing to tell
         job.loop.call_soon_threadsafe(resolve)
-    except RuntimeError:  # the caller's loop is gone (shutdown): nothing left to tell
-        pass

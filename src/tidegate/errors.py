@@ -85,7 +85,7 @@ class DecryptionFailed(TidegateError):
     code, title = "decryption_failed", "Decryption failed"
 
 
-class RetryLater(Exception):  # noqa: N818 - control flow, not a failure
+class RetryLater(Exception):
     """Raised by a deliverer to ask for another attempt after `after`."""
 
     def __init__(self, after: timedelta) -> None:

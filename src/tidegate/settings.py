@@ -7,10 +7,10 @@ Defaults run the embedded mode with zero external services.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Region = Literal["eu", "us"]
 
@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    roles: frozenset[Literal["api", "worker"]] = frozenset({"api", "worker"})
+    roles: Annotated[frozenset[Literal["api", "worker"]], NoDecode] = Field(
+        default=frozenset({"api", "worker"}), description="Comma-separated: api, worker."
+    )
     dedupe_window_s: float = Field(default=24 * 3600, gt=0, description="messageId dedupe window.")
     delivery_timeout_s: float = Field(default=15.0, gt=0, le=300)
     delivery_concurrency: int = Field(
@@ -47,7 +49,7 @@ class Settings(BaseSettings):
     destination_concurrency: int = Field(
         default=16, ge=1, description="Deliveries in flight per destination."
     )
-    ssrf_allow_cidrs: tuple[str, ...] = Field(
+    ssrf_allow_cidrs: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="CIDRs exempt from SSRF checks (development and tests only)."
     )
     https_only: bool = Field(
@@ -63,7 +65,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo: bool = Field(default=False, description="Mount the demo webhook receiver.")
 
-    @field_validator("ssrf_allow_cidrs", mode="before")
+    @field_validator("ssrf_allow_cidrs", "roles", mode="before")
     @classmethod
     def _split_cidrs(cls, value: object) -> object:
         if isinstance(value, str):

@@ -16,10 +16,22 @@ from prometheus_client import Counter, Histogram
 
 SECRET_KEYS = frozenset(
     {
-        "authorization", "write_key", "writekey", "writeKey", "secret", "password", "token",
-        "api_key", "payload", "body", "data", "properties", "traits", "context",
+        "authorization",
+        "write_key",
+        "writekey",
+        "writeKey",
+        "secret",
+        "password",
+        "token",
+        "api_key",
+        "payload",
+        "body",
+        "data",
+        "properties",
+        "traits",
+        "context",
     }
-)  # fmt: skip
+)
 
 INGESTED = Counter("tidegate_events_ingested_total", "Events durably accepted", ["kind"])
 REJECTED = Counter("tidegate_requests_rejected_total", "Ingest requests refused", ["code"])

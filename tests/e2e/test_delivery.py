@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -43,7 +44,8 @@ def test_retries_keep_the_webhook_id_and_record_every_attempt(
     events = wait_until(lambda: t.get("/v1/events").json()["data"])
     deliveries = wait_until(
         lambda: [
-            d for d in t.get(f"/v1/events/{events[0]['id']}/deliveries").json()
+            d
+            for d in t.get(f"/v1/events/{events[0]['id']}/deliveries").json()
             if d["status"] == "succeeded"
         ]
     )
@@ -63,8 +65,9 @@ def test_exhausted_schedule_dead_letters_then_replay_delivers_same_id(
     assert dead[0]["attempts"] == 2 and dead[0]["last_error"] == "HTTP 500"
     r = requests.post(
         f"{tidegate.base}/v1/destinations/{dest['id']}/dead-letters/replay",
-        headers={"authorization": f"Bearer {t.api_key}"}, timeout=10,
-    )  # fmt: skip
+        headers={"authorization": f"Bearer {t.api_key}"},
+        timeout=10,
+    )
     assert r.status_code == 202 and r.json() == {"replayed": 1}
     got = wait_until(lambda: len(receiver.at(path)) == 3 and receiver.at(path), timeout=15)
     assert got[-1].headers["webhook-id"] == dead[0]["id"]
@@ -116,12 +119,16 @@ def test_redirect_is_a_failure_and_not_followed(tidegate: Tidegate, receiver: Re
 def test_filter_selects_and_transform_reshapes(tidegate: Tidegate, receiver: Receiver) -> None:
     t = tidegate.tenant()
     path = _path()
-    spec = '{"rename": {"properties.total": "amount"}, "redact": ["context.ip"], "drop": ["properties"]}'
+    spec = json.dumps(
+        {"rename": {"properties.total": "amount"}, "redact": ["context.ip"], "drop": ["properties"]}
+    )
     t.destination(
         receiver.on(path, 200),
-        "--filter", "type == 'track' && event == 'Order Completed'",
-        "--transform", spec,
-    )  # fmt: skip
+        "--filter",
+        "type == 'track' && event == 'Order Completed'",
+        "--transform",
+        spec,
+    )
     t.track("Page Viewed")
     t.track("Order Completed", properties={"total": 7}, context={"ip": "10.1.2.3"})
     (got,) = wait_until(lambda: receiver.at(path))
@@ -192,22 +199,34 @@ def test_cloudevents_structured_binary_and_batch(tidegate: Tidegate, receiver: R
     dest = t.destination(receiver.on(path, 200))
     base = {"specversion": "1.0", "source": "/orders", "type": "order.created"}
     r = requests.post(
-        tidegate.base + "/v1/cloudevents", auth=(t.write_key, ""),
-        data=__import__("json").dumps({**base, "id": "1", "data": {"n": 1}}),
-        headers={"content-type": "application/cloudevents+json"}, timeout=10,
-    )  # fmt: skip
+        tidegate.base + "/v1/cloudevents",
+        auth=(t.write_key, ""),
+        data=json.dumps({**base, "id": "1", "data": {"n": 1}}),
+        headers={"content-type": "application/cloudevents+json"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     r = requests.post(
-        tidegate.base + "/v1/cloudevents", auth=(t.write_key, ""), data=b'{"n": 2}',
-        headers={"content-type": "application/json", "ce-specversion": "1.0", "ce-id": "2",
-                 "ce-source": "/orders", "ce-type": "order.created"}, timeout=10,
-    )  # fmt: skip
+        tidegate.base + "/v1/cloudevents",
+        auth=(t.write_key, ""),
+        data=b'{"n": 2}',
+        headers={
+            "content-type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-id": "2",
+            "ce-source": "/orders",
+            "ce-type": "order.created",
+        },
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     r = requests.post(
-        tidegate.base + "/v1/cloudevents", auth=(t.write_key, ""),
-        data=__import__("json").dumps([{**base, "id": "3"}, {**base, "id": "1"}]),
-        headers={"content-type": "application/cloudevents-batch+json"}, timeout=10,
-    )  # fmt: skip
+        tidegate.base + "/v1/cloudevents",
+        auth=(t.write_key, ""),
+        data=json.dumps([{**base, "id": "3"}, {**base, "id": "1"}]),
+        headers={"content-type": "application/cloudevents-batch+json"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     got = wait_until(lambda: len(receiver.at(path)) >= 3 and receiver.at(path))
     time.sleep(0.3)

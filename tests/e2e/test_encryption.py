@@ -15,15 +15,24 @@ def test_marker_is_in_no_database_file(fresh_dir, receiver: Receiver) -> None:  
         t.destination(receiver.on(path, 200))
         marker = f"MARKER-{uuid.uuid4().hex}"
         r = t.track(
-            f"Event {marker}", userId=f"user-{marker}", messageId=f"mid-{marker}",
-            properties={"note": marker}, context={"ip": marker},
-        )  # fmt: skip
+            f"Event {marker}",
+            userId=f"user-{marker}",
+            messageId=f"mid-{marker}",
+            properties={"note": marker},
+            context={"ip": marker},
+        )
         assert r.status_code == 200
         (got,) = wait_until(lambda: receiver.at(path))
         assert marker.encode() in got.body  # delivered in clear to the receiver, over the wire
         events = t.get("/v1/events").json()["data"]
-        assert t.get(f"/v1/events/{events[0]['id']}").json()["payload"]["properties"]["note"] == marker
-        files = [p for p in fresh_dir.iterdir() if p.suffix in (".db",) or "-wal" in p.name or "-shm" in p.name]
+        assert (
+            t.get(f"/v1/events/{events[0]['id']}").json()["payload"]["properties"]["note"] == marker
+        )
+        files = [
+            p
+            for p in fresh_dir.iterdir()
+            if p.suffix in (".db",) or "-wal" in p.name or "-shm" in p.name
+        ]
         assert any(p.name.endswith("-wal") for p in files), [p.name for p in files]
         for p in files:
             data = p.read_bytes()

@@ -30,7 +30,9 @@ def nothing_written(tidegate: Tidegate) -> Iterator[None]:
     assert _log_count(tidegate) == before, "a refused request appended to the log"
 
 
-def _post(tg: Tidegate, path: str, data: bytes, *, key: str | None, **headers: str) -> requests.Response:
+def _post(
+    tg: Tidegate, path: str, data: bytes, *, key: str | None, **headers: str
+) -> requests.Response:
     hdrs = {"content-type": "application/json", **headers}
     auth = (key, "") if key is not None else None
     return requests.post(tg.base + path, data=data, headers=hdrs, auth=auth, timeout=10)
@@ -56,9 +58,18 @@ BAD_BODIES = {
     "nan": (b'{"userId": "u", "event": "E", "properties": {"x": NaN}}', "not valid JSON"),
     "infinity": (b'{"userId": "u", "event": "E", "properties": {"x": Infinity}}', "not valid JSON"),
     "huge float": (b'{"userId": "u", "event": "E", "properties": {"x": 1e999}}', "out of range"),
-    "huge integer": (b'{"userId": "u", "event": "E", "properties": {"x": 1' + b"0" * 40 + b"}}", "out of range"),
-    "deep nesting": (b'{"userId": "u", "event": "E", "properties": ' + b'{"a":' * 5000 + b"1" + b"}" * 5001, "nesting"),
-    "moderately deep": (b'{"userId": "u", "event": "E", "properties": ' + b'[' * 100 + b"]" * 100 + b"}", "nesting"),
+    "huge integer": (
+        b'{"userId": "u", "event": "E", "properties": {"x": 1' + b"0" * 40 + b"}}",
+        "out of range",
+    ),
+    "deep nesting": (
+        b'{"userId": "u", "event": "E", "properties": ' + b'{"a":' * 5000 + b"1" + b"}" * 5001,
+        "nesting",
+    ),
+    "moderately deep": (
+        b'{"userId": "u", "event": "E", "properties": ' + b"[" * 100 + b"]" * 100 + b"}",
+        "nesting",
+    ),
     "not an object": (b"[1, 2]", "object"),
     "no identity": (b'{"event": "E"}', "userId or anonymousId"),
     "no event name": (b'{"userId": "u"}', "event"),
@@ -78,12 +89,18 @@ def test_bad_bodies_get_400_and_write_nothing(
     assert needle.lower() in detail.lower(), detail
 
 
-def test_event_over_32kb_is_400(tidegate: Tidegate, tenant: TenantHandle, nothing_written: None) -> None:
+def test_event_over_32kb_is_400(
+    tidegate: Tidegate, tenant: TenantHandle, nothing_written: None
+) -> None:
     body = _track(properties={"blob": "x" * 33_000})
-    assert "limit" in str(_problem(_post(tidegate, "/v1/track", body, key=tenant.write_key), 400)["detail"])
+    assert "limit" in str(
+        _problem(_post(tidegate, "/v1/track", body, key=tenant.write_key), 400)["detail"]
+    )
 
 
-def test_batch_over_500kb_is_400(tidegate: Tidegate, tenant: TenantHandle, nothing_written: None) -> None:
+def test_batch_over_500kb_is_400(
+    tidegate: Tidegate, tenant: TenantHandle, nothing_written: None
+) -> None:
     batch = [{"type": "track", "userId": "u", "event": "E", "properties": {"b": "x" * 20_000}}] * 30
     body = json.dumps({"batch": batch}).encode()
     _problem(_post(tidegate, "/v1/batch", body, key=tenant.write_key), 400)
@@ -94,28 +111,50 @@ def test_batch_with_one_bad_message_writes_nothing(
 ) -> None:
     batch = [{"type": "track", "userId": "u", "event": "ok"}, {"type": "track", "userId": "u"}]
     body = json.dumps({"batch": batch}).encode()
-    assert "batch[1]" in str(_problem(_post(tidegate, "/v1/batch", body, key=tenant.write_key), 400)["detail"])
+    assert "batch[1]" in str(
+        _problem(_post(tidegate, "/v1/batch", body, key=tenant.write_key), 400)["detail"]
+    )
 
 
-def test_gzip_bomb_is_refused(tidegate: Tidegate, tenant: TenantHandle, nothing_written: None) -> None:
+def test_gzip_bomb_is_refused(
+    tidegate: Tidegate, tenant: TenantHandle, nothing_written: None
+) -> None:
     bomb = gzip.compress(b'{"userId": "u", "event": "' + b"a" * 50_000_000 + b'"}')
     assert len(bomb) < 100_000
     r = _post(tidegate, "/v1/batch", bomb, key=tenant.write_key, **{"content-encoding": "gzip"})
     assert "decompressed" in str(_problem(r, 400)["detail"])
 
 
-def test_corrupt_gzip_is_400(tidegate: Tidegate, tenant: TenantHandle, nothing_written: None) -> None:
-    r = _post(tidegate, "/v1/track", b"\x1f\x8bnot gzip", key=tenant.write_key, **{"content-encoding": "gzip"})
+def test_corrupt_gzip_is_400(
+    tidegate: Tidegate, tenant: TenantHandle, nothing_written: None
+) -> None:
+    r = _post(
+        tidegate,
+        "/v1/track",
+        b"\x1f\x8bnot gzip",
+        key=tenant.write_key,
+        **{"content-encoding": "gzip"},
+    )
     _problem(r, 400)
 
 
 def test_gzip_body_is_accepted(tidegate: Tidegate, tenant: TenantHandle) -> None:
-    r = _post(tidegate, "/v1/track", gzip.compress(_track()), key=tenant.write_key, **{"content-encoding": "gzip"})
+    r = _post(
+        tidegate,
+        "/v1/track",
+        gzip.compress(_track()),
+        key=tenant.write_key,
+        **{"content-encoding": "gzip"},
+    )
     assert r.status_code == 200 and r.json() == {"success": True}
 
 
-def test_wrong_content_type_is_415(tidegate: Tidegate, tenant: TenantHandle, nothing_written: None) -> None:
-    r = _post(tidegate, "/v1/track", _track(), key=tenant.write_key, **{"content-type": "application/xml"})
+def test_wrong_content_type_is_415(
+    tidegate: Tidegate, tenant: TenantHandle, nothing_written: None
+) -> None:
+    r = _post(
+        tidegate, "/v1/track", _track(), key=tenant.write_key, **{"content-type": "application/xml"}
+    )
     _problem(r, 415)
 
 
@@ -129,8 +168,12 @@ def test_wrong_write_key_is_401(tidegate: Tidegate, nothing_written: None) -> No
     _problem(_post(tidegate, "/v1/track", _track(), key="wk_not-a-key"), 401)
 
 
-def test_write_key_in_body_is_accepted_and_not_stored(tidegate: Tidegate, tenant: TenantHandle) -> None:
-    r = _post(tidegate, "/v1/track", _track(writeKey=tenant.write_key, messageId="wk-body"), key=None)
+def test_write_key_in_body_is_accepted_and_not_stored(
+    tidegate: Tidegate, tenant: TenantHandle
+) -> None:
+    r = _post(
+        tidegate, "/v1/track", _track(writeKey=tenant.write_key, messageId="wk-body"), key=None
+    )
     assert r.status_code == 200
     from tests.support import wait_until
 
@@ -167,18 +210,33 @@ def test_other_region_tenant_gets_421_and_nothing_is_written(
     body = _problem(r, 421)
     assert body["region"] == "us" and "us" in str(body["endpoint"])
     r = requests.post(
-        tidegate.base + "/v1/cloudevents", auth=(us.write_key, ""),
+        tidegate.base + "/v1/cloudevents",
+        auth=(us.write_key, ""),
         data=json.dumps({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}),
-        headers={"content-type": "application/cloudevents+json"}, timeout=10,
-    )  # fmt: skip
+        headers={"content-type": "application/cloudevents+json"},
+        timeout=10,
+    )
     _problem(r, 421)
 
 
 CE_BAD = {
     "no specversion": {"id": "1", "source": "s", "type": "t"},
     "no id": {"specversion": "1.0", "source": "s", "type": "t"},
-    "bad attribute name": {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "Bad-Name": 1},
-    "data and data_base64": {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": 1, "data_base64": "AA=="},
+    "bad attribute name": {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "s",
+        "type": "t",
+        "Bad-Name": 1,
+    },
+    "data and data_base64": {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "s",
+        "type": "t",
+        "data": 1,
+        "data_base64": "AA==",
+    },
 }
 
 
@@ -187,15 +245,23 @@ def test_invalid_cloudevents_are_400(
     tidegate: Tidegate, tenant: TenantHandle, nothing_written: None, case: str
 ) -> None:
     r = requests.post(
-        tidegate.base + "/v1/cloudevents", auth=(tenant.write_key, ""), data=json.dumps(CE_BAD[case]),
-        headers={"content-type": "application/cloudevents+json"}, timeout=10,
-    )  # fmt: skip
+        tidegate.base + "/v1/cloudevents",
+        auth=(tenant.write_key, ""),
+        data=json.dumps(CE_BAD[case]),
+        headers={"content-type": "application/cloudevents+json"},
+        timeout=10,
+    )
     _problem(r, 400)
 
 
-def test_cloudevents_wrong_media_type_is_415(tidegate: Tidegate, tenant: TenantHandle, nothing_written: None) -> None:
+def test_cloudevents_wrong_media_type_is_415(
+    tidegate: Tidegate, tenant: TenantHandle, nothing_written: None
+) -> None:
     r = requests.post(
-        tidegate.base + "/v1/cloudevents", auth=(tenant.write_key, ""), data=b"{}",
-        headers={"content-type": "text/csv"}, timeout=10,
-    )  # fmt: skip
+        tidegate.base + "/v1/cloudevents",
+        auth=(tenant.write_key, ""),
+        data=b"{}",
+        headers={"content-type": "text/csv"},
+        timeout=10,
+    )
     _problem(r, 415)

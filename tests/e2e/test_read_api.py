@@ -14,7 +14,9 @@ from tests.support import Receiver, Tidegate, wait_until
 def test_pagination_walks_every_event_once(tidegate: Tidegate) -> None:
     t = tidegate.tenant()
     batch = [{"type": "track", "userId": "u", "event": f"E{i}"} for i in range(7)]
-    r = requests.post(tidegate.base + "/v1/batch", json={"batch": batch}, auth=(t.write_key, ""), timeout=10)
+    r = requests.post(
+        tidegate.base + "/v1/batch", json={"batch": batch}, auth=(t.write_key, ""), timeout=10
+    )
     assert r.status_code == 200
     wait_until(lambda: len(t.get("/v1/events", limit=50).json()["data"]) == 7)
     seen, cursor = [], None
@@ -34,16 +36,27 @@ def test_another_tenants_ids_are_404(tidegate: Tidegate, receiver: Receiver) -> 
     dest = a.destination(receiver.on(f"/{uuid.uuid4().hex}", 200))
     a.track()
     event_id = wait_until(lambda: a.get("/v1/events").json()["data"])[0]["id"]
-    for path in (f"/v1/events/{event_id}", f"/v1/events/{event_id}/deliveries",
-                 f"/v1/destinations/{dest['id']}"):  # fmt: skip
+    for path in (
+        f"/v1/events/{event_id}",
+        f"/v1/events/{event_id}/deliveries",
+        f"/v1/destinations/{dest['id']}",
+    ):
         assert a.get(path).status_code == 200
         r = b.get(path)
-        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
-    r = requests.post(f"{tidegate.base}/v1/events/{event_id}/replay",
-                      headers={"authorization": f"Bearer {b.api_key}"}, timeout=10)  # fmt: skip
+        assert r.status_code == 404 and r.headers["content-type"].startswith(
+            "application/problem+json"
+        )
+    r = requests.post(
+        f"{tidegate.base}/v1/events/{event_id}/replay",
+        headers={"authorization": f"Bearer {b.api_key}"},
+        timeout=10,
+    )
     assert r.status_code == 404
-    r = requests.post(f"{tidegate.base}/v1/destinations/{dest['id']}/dead-letters/replay",
-                      headers={"authorization": f"Bearer {b.api_key}"}, timeout=10)  # fmt: skip
+    r = requests.post(
+        f"{tidegate.base}/v1/destinations/{dest['id']}/dead-letters/replay",
+        headers={"authorization": f"Bearer {b.api_key}"},
+        timeout=10,
+    )
     assert r.status_code == 404
     assert b.get("/v1/deliveries").json()["data"] == []
 
@@ -51,7 +64,9 @@ def test_another_tenants_ids_are_404(tidegate: Tidegate, receiver: Receiver) -> 
 def test_read_api_needs_an_api_key(tidegate: Tidegate) -> None:
     r = requests.get(tidegate.base + "/v1/events", timeout=10)
     assert r.status_code == 401 and r.json()["code"] == "unauthorized"
-    r = requests.get(tidegate.base + "/v1/events", headers={"authorization": "Bearer tgk_nope"}, timeout=10)
+    r = requests.get(
+        tidegate.base + "/v1/events", headers={"authorization": "Bearer tgk_nope"}, timeout=10
+    )
     assert r.status_code == 401
 
 
@@ -71,8 +86,15 @@ def test_unknown_route_is_problem_json(tidegate: Tidegate) -> None:
 def test_openapi_and_operations_endpoints(tidegate: Tidegate) -> None:
     spec = requests.get(tidegate.base + "/openapi.json", timeout=10).json()
     assert spec["openapi"].startswith("3.1")
-    for path in ("/v1/track", "/v1/batch", "/v1/cloudevents", "/v1/events", "/v1/events/{event_id}",
-                 "/v1/dead-letters", "/v1/destinations/{destination_id}/replay"):  # fmt: skip
+    for path in (
+        "/v1/track",
+        "/v1/batch",
+        "/v1/cloudevents",
+        "/v1/events",
+        "/v1/events/{event_id}",
+        "/v1/dead-letters",
+        "/v1/destinations/{destination_id}/replay",
+    ):
         assert path in spec["paths"], path
     assert requests.get(tidegate.base + "/livez", timeout=10).json() == {"status": "ok"}
     assert requests.get(tidegate.base + "/readyz", timeout=10).status_code == 200
@@ -87,8 +109,13 @@ def test_usage_meters_count_ingest_and_delivery(tidegate: Tidegate, receiver: Re
     t.destination(receiver.on(path, 200))
     for _ in range(3):
         t.track()
-    requests.post(tidegate.base + "/v1/track", data=b"{", auth=(t.write_key, ""),
-                  headers={"content-type": "application/json"}, timeout=10)  # fmt: skip
+    requests.post(
+        tidegate.base + "/v1/track",
+        data=b"{",
+        auth=(t.write_key, ""),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     wait_until(lambda: len(receiver.at(path)) == 3)
 
     def meters() -> dict[str, int]:
@@ -107,7 +134,12 @@ def test_cli_reads_events_and_deliveries(tidegate: Tidegate, receiver: Receiver)
     event_id = wait_until(lambda: tidegate.cli("events", "list", "--tenant", t.id))[0]["id"]
     event = tidegate.cli("events", "get", event_id, "--tenant", t.id)
     assert event["payload"]["properties"] == {"k": "v"}
-    wait_until(lambda: tidegate.cli("events", "get", event_id, "--tenant", t.id)["deliveries"][0]["status"] == "succeeded")
+    wait_until(
+        lambda: (
+            tidegate.cli("events", "get", event_id, "--tenant", t.id)["deliveries"][0]["status"]
+            == "succeeded"
+        )
+    )
     rows = tidegate.cli("deliveries", "list", "--tenant", t.id, "--attempts")
     assert rows[0]["attempt_log"][0]["status_code"] == 200
     other = tidegate.tenant()
@@ -117,8 +149,14 @@ def test_cli_reads_events_and_deliveries(tidegate: Tidegate, receiver: Receiver)
 
 def test_destination_ssrf_refused_at_creation(tidegate: Tidegate) -> None:
     t = tidegate.tenant()
-    for url in ("http://127.0.0.2:9/x", "http://169.254.169.254/latest", "http://[::1]/",
-                "http://0x7f000002/", "file:///etc/passwd", "http://user@127.0.0.1/"):  # fmt: skip
+    for url in (
+        "http://127.0.0.2:9/x",
+        "http://169.254.169.254/latest",
+        "http://[::1]/",
+        "http://0x7f000002/",
+        "file:///etc/passwd",
+        "http://user@127.0.0.1/",
+    ):
         done = tidegate.cli("destinations", "create", "--tenant", t.id, "--url", url, check=False)
         assert done.returncode == 1, url
         assert done.stderr.startswith("error:"), done.stderr
@@ -127,9 +165,15 @@ def test_destination_ssrf_refused_at_creation(tidegate: Tidegate) -> None:
 def test_invalid_filter_and_transform_are_refused(tidegate: Tidegate, receiver: Receiver) -> None:
     t = tidegate.tenant()
     url = receiver.url("/x")
-    for extra in (["--filter", "type =="], ["--transform", '{"explode": 1}'], ["--transform", "{"],
-                  ["--retry-schedule", "-5s"]):  # fmt: skip
-        done = tidegate.cli("destinations", "create", "--tenant", t.id, "--url", url, *extra, check=False)
+    for extra in (
+        ["--filter", "type =="],
+        ["--transform", '{"explode": 1}'],
+        ["--transform", "{"],
+        ["--retry-schedule", "-5s"],
+    ):
+        done = tidegate.cli(
+            "destinations", "create", "--tenant", t.id, "--url", url, *extra, check=False
+        )
         assert done.returncode == 1, extra
 
 

@@ -26,10 +26,20 @@ def _drive(client: Any) -> None:
 @pytest.mark.parametrize(
     ("sdk", "factory"),
     [
-        ("segment", lambda key, host, errors: SegmentClient(key, host=host, on_error=lambda e, b: errors.append(e), max_retries=1, gzip=True)),
-        ("rudder", lambda key, host, errors: RudderClient(key, host=host, on_error=lambda e, b: errors.append(e), max_retries=1)),
+        (
+            "segment",
+            lambda key, host, errors: SegmentClient(
+                key, host=host, on_error=lambda e, b: errors.append(e), max_retries=1, gzip=True
+            ),
+        ),
+        (
+            "rudder",
+            lambda key, host, errors: RudderClient(
+                key, host=host, on_error=lambda e, b: errors.append(e), max_retries=1
+            ),
+        ),
     ],
-)  # fmt: skip
+)
 def test_sdk_events_are_acknowledged_and_delivered_signed(
     tidegate: Tidegate, receiver: Receiver, sdk: str, factory: Any
 ) -> None:
@@ -53,7 +63,7 @@ def test_sdk_events_are_acknowledged_and_delivered_signed(
 
 
 def test_rudder_sdk_gets_code_and_message_on_error(tidegate: Tidegate) -> None:
-    """The Rudder SDK reads `code` and `message`; a bad key surfaces as an APIError, not a retry loop."""
+    """The Rudder SDK reads `code` and `message`: a bad key is an APIError, not a retry loop."""
     from rudderstack.analytics.request import APIError, post
 
     with pytest.raises(APIError) as info:

@@ -30,15 +30,19 @@ from tidegate.runtime import Runtime
 log = structlog.get_logger(__name__)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
 
 _SEGMENT_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+        "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+        },
     },
     "security": [{"writeKey": []}],
-    "responses": {"200": {"description": "Accepted and durably stored: {\"success\": true}"}},
+    "responses": {"200": {"description": 'Accepted and durably stored: {"success": true}'}},
 }
 _CLOUDEVENTS_BODY = {
     "requestBody": {
@@ -64,7 +68,9 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        request_id = (
+            incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        )
         scope["tidegate.request_id"] = request_id
         status = 0
 
@@ -80,9 +86,10 @@ class RequestIds:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if status >= 400 or scope["path"] not in ("/livez", "/readyz", "/metrics"):
-                if status >= 400:
-                    log.info("request.refused", method=scope["method"], path=scope["path"], status=status)
+            if status >= 400:
+                log.info(
+                    "request.refused", method=scope["method"], path=scope["path"], status=status
+                )
             structlog.contextvars.unbind_contextvars("request_id")
 
 
@@ -135,13 +142,26 @@ def build_app(runtime: Runtime) -> FastAPI:
             openapi_extra=_SEGMENT_BODY,
             name=f"segment_{kind}",
         )
-    app.add_api_route("/v1/batch", segment.batch, methods=["POST"], tags=["ingest"],
-                      summary="Segment batch", openapi_extra=_SEGMENT_BODY)  # fmt: skip
-    app.add_api_route("/v1/cloudevents", CloudEventsEndpoint(ingestor).receive, methods=["POST"],
-                      tags=["ingest"], summary="CloudEvents (structured, binary, batch)",
-                      openapi_extra=_CLOUDEVENTS_BODY)  # fmt: skip
+    app.add_api_route(
+        "/v1/batch",
+        segment.batch,
+        methods=["POST"],
+        tags=["ingest"],
+        summary="Segment batch",
+        openapi_extra=_SEGMENT_BODY,
+    )
+    app.add_api_route(
+        "/v1/cloudevents",
+        CloudEventsEndpoint(ingestor).receive,
+        methods=["POST"],
+        tags=["ingest"],
+        summary="CloudEvents (structured, binary, batch)",
+        openapi_extra=_CLOUDEVENTS_BODY,
+    )
 
-    app.include_router(build_read_router(runtime, ApiKeys(runtime), worker.wake if worker else _noop))
+    app.include_router(
+        build_read_router(runtime, ApiKeys(runtime), worker.wake if worker else _noop)
+    )
 
     async def livez(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -159,15 +179,21 @@ def build_app(runtime: Runtime) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for path, endpoint in (("/livez", livez), ("/readyz", readyz), ("/metrics", metrics)):
-        app.add_api_route(path, endpoint, methods=["GET"], tags=["operations"], include_in_schema=True)
+        app.add_api_route(
+            path, endpoint, methods=["GET"], tags=["operations"], include_in_schema=True
+        )
 
     if settings.demo:
         receiver = DemoReceiver(secret=None)
         app.state.demo_receiver = receiver
-        app.add_api_route("/demo/webhook", receiver.receive, methods=["POST"], include_in_schema=False)
-        app.add_api_route("/demo/webhook", receiver.recent, methods=["GET"], include_in_schema=False)
+        app.add_api_route(
+            "/demo/webhook", receiver.receive, methods=["POST"], include_in_schema=False
+        )
+        app.add_api_route(
+            "/demo/webhook", receiver.recent, methods=["GET"], include_in_schema=False
+        )
 
-    app.add_middleware(RequestIds)  # type: ignore[arg-type]
+    app.add_middleware(RequestIds)
     app.state.worker = worker
     app.state.runtime = runtime
     return app

@@ -11,10 +11,9 @@ import time
 from collections import deque
 from typing import Any
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-
-import structlog
 
 from tidegate.security import signing
 

@@ -59,6 +59,9 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("request.crashed", error_type=type(exc).__name__)
     return problem(
-        500, "internal", "Internal error",
-        "an unexpected error occurred; quote the instance id when reporting it", request,
-    )  # fmt: skip
+        500,
+        "internal",
+        "Internal error",
+        "an unexpected error occurred; quote the instance id when reporting it",
+        request,
+    )

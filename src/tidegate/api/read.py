@@ -4,14 +4,13 @@ Every handler takes the tenant from the API key and passes it to the store, whic
 scopes every query by it: another tenant's id is a plain 404.
 """
 
-
 import base64
 import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidegate.admin import replay_targets
@@ -38,8 +37,10 @@ _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 def iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -66,7 +67,8 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest("cursor is not one this API returned") from exc
 
@@ -147,43 +149,63 @@ class UsageOut(BaseModel):
 
 def attempt_out(a: Attempt) -> AttemptOut:
     return AttemptOut(
-        id=a.id, started_at=iso(a.started_at_ms), duration_ms=a.duration_ms,
-        outcome=a.outcome.value, status_code=a.status_code, error=a.error,
-    )  # fmt: skip
+        id=a.id,
+        started_at=iso(a.started_at_ms),
+        duration_ms=a.duration_ms,
+        outcome=a.outcome.value,
+        status_code=a.status_code,
+        error=a.error,
+    )
 
 
 def delivery_out(d: Delivery, attempts: list[Attempt] | None = None) -> DeliveryOut:
     return DeliveryOut(
-        id=d.id, event_id=d.event_id, destination_id=d.destination_id, status=d.status.value,
-        attempts=d.attempts, next_attempt_at=iso(d.next_attempt_at_ms), last_error=d.last_error,
-        created_at=iso(d.created_at_ms), updated_at=iso(d.updated_at_ms),
+        id=d.id,
+        event_id=d.event_id,
+        destination_id=d.destination_id,
+        status=d.status.value,
+        attempts=d.attempts,
+        next_attempt_at=iso(d.next_attempt_at_ms),
+        last_error=d.last_error,
+        created_at=iso(d.created_at_ms),
+        updated_at=iso(d.updated_at_ms),
         attempt_log=[attempt_out(a) for a in attempts] if attempts is not None else None,
-    )  # fmt: skip
+    )
 
 
 def destination_out(d: Destination) -> DestinationOut:
     return DestinationOut(
-        id=d.id, name=d.name, url=d.url, filter=d.filter, transform=d.transform,
-        retry_schedule=d.retry_schedule, status=d.status.value,
-        disabled_reason=d.disabled_reason, created_at=iso(d.created_at_ms),
-    )  # fmt: skip
+        id=d.id,
+        name=d.name,
+        url=d.url,
+        filter=d.filter,
+        transform=d.transform,
+        retry_schedule=d.retry_schedule,
+        status=d.status.value,
+        disabled_reason=d.disabled_reason,
+        created_at=iso(d.created_at_ms),
+    )
 
 
 async def decrypt_event(runtime: Runtime, stored: StoredEvent, *, with_payload: bool) -> EventOut:
     cipher = await runtime.envelope.cipher(stored.meta.tenant_id)
     body = _decode_body(cipher.decrypt(stored.ciphertext, stored.meta.id.encode()))
     return EventOut(
-        id=stored.meta.id, kind=stored.meta.kind, type=stored.meta.type, name=body.name,
-        message_id=body.message_id, source_id=stored.meta.source_id,
+        id=stored.meta.id,
+        kind=stored.meta.kind,
+        type=stored.meta.type,
+        name=body.name,
+        message_id=body.message_id,
+        source_id=stored.meta.source_id,
         received_at=iso(stored.meta.received_at_ms) or "",
         payload=msgspec.json.decode(body.payload) if with_payload else None,
-    )  # fmt: skip
+    )
 
 
 def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIRouter:
     router = APIRouter(prefix="/v1")
     store = runtime.store
-    TenantDep = Annotated[Tenant, Depends(keys.tenant)]  # noqa: N806
+    TenantDep = Annotated[Tenant, Depends(keys.tenant)]
 
     async def event_out(tenant: Tenant, stored: StoredEvent, *, with_payload: bool) -> EventOut:
         return await decrypt_event(runtime, stored, with_payload=with_payload)
@@ -191,7 +213,7 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
     @router.get("/events", response_model=EventPage, tags=["events"])
     async def list_events(
         tenant: TenantDep,
-        type: str | None = None,  # noqa: A002 - the public parameter name
+        type: str | None = None,
         name: str | None = None,
         since: str | None = None,
         until: str | None = None,
@@ -201,9 +223,13 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         """Events newest first, without payloads; filter by type, name and time."""
         name_index = (await runtime.envelope.cipher(tenant.id)).index(name) if name else None
         query = EventQuery(
-            type=type, name_index=name_index, since_ms=parse_time(since, "since"),
-            until_ms=parse_time(until, "until"), after_id=_event_cursor(cursor), limit=limit,
-        )  # fmt: skip
+            type=type,
+            name_index=name_index,
+            since_ms=parse_time(since, "since"),
+            until_ms=parse_time(until, "until"),
+            after_id=_event_cursor(cursor),
+            limit=limit,
+        )
         rows = await store.events.list_events(tenant.id, query)
         data = [await event_out(tenant, r, with_payload=False) for r in rows]
         nxt = encode_cursor(rows[-1].meta.id) if len(rows) == limit else None
@@ -231,7 +257,9 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
             by_delivery[a.delivery_id].append(a)
         return [delivery_out(d, by_delivery[d.id]) for d in rows]
 
-    @router.post("/events/{event_id}/replay", response_model=ReplayOut, status_code=202, tags=["replay"])
+    @router.post(
+        "/events/{event_id}/replay", response_model=ReplayOut, status_code=202, tags=["replay"]
+    )
     async def replay_event(
         tenant: TenantDep, event_id: str, destination_id: str | None = None
     ) -> ReplayOut:
@@ -256,10 +284,12 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         rows = await store.deliveries.list_deliveries(
             tenant.id,
             DeliveryQuery(
-                status=status, destination_id=DestinationId(destination_id) if destination_id else None,
-                after_id=_delivery_cursor(cursor), limit=limit,
+                status=status,
+                destination_id=DestinationId(destination_id) if destination_id else None,
+                after_id=_delivery_cursor(cursor),
+                limit=limit,
             ),
-        )  # fmt: skip
+        )
         nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
         return DeliveryPage(data=[delivery_out(d) for d in rows], next_cursor=nxt)
 
@@ -277,7 +307,9 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
     async def list_destinations(tenant: TenantDep) -> list[DestinationOut]:
         return [destination_out(d) for d in await store.destinations.list_destinations(tenant.id)]
 
-    @router.get("/destinations/{destination_id}", response_model=DestinationOut, tags=["destinations"])
+    @router.get(
+        "/destinations/{destination_id}", response_model=DestinationOut, tags=["destinations"]
+    )
     async def get_destination(tenant: TenantDep, destination_id: str) -> DestinationOut:
         found = await store.destinations.get_destination(tenant.id, DestinationId(destination_id))
         if found is None:
@@ -285,22 +317,30 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         return destination_out(found)
 
     @router.post(
-        "/destinations/{destination_id}/replay", response_model=ReplayOut, status_code=202, tags=["replay"]
+        "/destinations/{destination_id}/replay",
+        response_model=ReplayOut,
+        status_code=202,
+        tags=["replay"],
     )
     async def replay_range(tenant: TenantDep, destination_id: str, body: ReplayRange) -> ReplayOut:
         """Deliver every event received in [since, until) to this destination again."""
         targets = await replay_targets(runtime, tenant.id, destination_id)
         count = await store.deliveries.replay_events(
-            tenant.id, since_ms=parse_time(body.since, "since"),
-            until_ms=parse_time(body.until, "until"), destination_ids=targets, now_ms=now_ms(),
-        )  # fmt: skip
+            tenant.id,
+            since_ms=parse_time(body.since, "since"),
+            until_ms=parse_time(body.until, "until"),
+            destination_ids=targets,
+            now_ms=now_ms(),
+        )
         wake_worker()
         return ReplayOut(replayed=count)
 
     @router.post(
         "/destinations/{destination_id}/dead-letters/replay",
-        response_model=ReplayOut, status_code=202, tags=["replay"],
-    )  # fmt: skip
+        response_model=ReplayOut,
+        status_code=202,
+        tags=["replay"],
+    )
     async def replay_dead(tenant: TenantDep, destination_id: str) -> ReplayOut:
         """Every dead letter of the destination goes back on the schedule (same webhook-id)."""
         (target,) = await replay_targets(runtime, tenant.id, destination_id)
@@ -309,7 +349,9 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         return ReplayOut(replayed=count)
 
     @router.get("/usage", response_model=list[UsageOut], tags=["usage"])
-    async def usage(tenant: TenantDep, since: str | None = None, until: str | None = None) -> list[UsageOut]:
+    async def usage(
+        tenant: TenantDep, since: str | None = None, until: str | None = None
+    ) -> list[UsageOut]:
         """Hourly meters of the tenant: events, bytes, deliveries, dead letters."""
         rows = await store.usage.usage_report(
             tenant.id, since_ms=parse_time(since, "since"), until_ms=parse_time(until, "until")

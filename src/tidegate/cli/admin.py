@@ -96,17 +96,27 @@ def destinations_create(
     """Create a destination; prints its whsec_ signing secret ONCE."""
     destination, secret = run(
         lambda rt: admin.create_destination(
-            rt, tenant, url=url, name=name, filter_expression=filter_expression,
-            transform=transform, retry_schedule=retry_schedule, retry_4xx=not no_retry_4xx,
+            rt,
+            tenant,
+            url=url,
+            name=name,
+            filter_expression=filter_expression,
+            transform=transform,
+            retry_schedule=retry_schedule,
+            retry_4xx=not no_retry_4xx,
             timeout_s=timeout_s,
         )
-    )  # fmt: skip
+    )
     emit(
-        {"id": destination.id, "tenant_id": destination.tenant_id, "url": destination.url,
-         "secret": secret},
+        {
+            "id": destination.id,
+            "tenant_id": destination.tenant_id,
+            "url": destination.url,
+            "secret": secret,
+        },
         as_json,
         f"destination {destination.id}\nsigning secret (shown once): {secret}",
-    )  # fmt: skip
+    )
 
 
 @destinations.command("list")
@@ -116,10 +126,15 @@ def destinations_list(tenant: str, as_json: bool) -> None:
     async def action(rt: Runtime) -> list[dict[str, object]]:
         rows = await rt.store.destinations.list_destinations(TenantId(tenant))
         return [
-            {"id": d.id, "url": d.url, "status": d.status.value, "filter": d.filter,
-             "disabled_reason": d.disabled_reason}
+            {
+                "id": d.id,
+                "url": d.url,
+                "status": d.status.value,
+                "filter": d.filter,
+                "disabled_reason": d.disabled_reason,
+            }
             for d in rows
-        ]  # fmt: skip
+        ]
 
     data = run(action)
     emit(data, as_json, lambda: "\n".join(f"{d['id']}  {d['status']}  {d['url']}" for d in data))

@@ -58,20 +58,31 @@ def events_get(event_id: str, tenant: str, as_json: bool) -> None:
 @click.option("--limit", type=int, default=20, show_default=True)
 @json_option
 def events_list(
-    tenant: str, event_type: str | None, since: str | None, until: str | None, limit: int,
+    tenant: str,
+    event_type: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
     as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     async def action(rt: Runtime) -> list[dict[str, Any]]:
         query = EventQuery(
-            type=event_type, since_ms=parse_time(since, "--since"),
-            until_ms=parse_time(until, "--until"), limit=limit,
-        )  # fmt: skip
+            type=event_type,
+            since_ms=parse_time(since, "--since"),
+            until_ms=parse_time(until, "--until"),
+            limit=limit,
+        )
         rows = await rt.store.events.list_events(TenantId(tenant), query)
         return [(await decrypt_event(rt, r, with_payload=False)).model_dump() for r in rows]
 
     data = run(action)
-    emit(data, as_json, lambda: "\n".join(
-        f"{e['id']}  {e['received_at']}  {e['type']}  {e['name'] or ''}" for e in data))  # fmt: skip
+    emit(
+        data,
+        as_json,
+        lambda: "\n".join(
+            f"{e['id']}  {e['received_at']}  {e['type']}  {e['name'] or ''}" for e in data
+        ),
+    )
 
 
 @click.group()
@@ -88,19 +99,27 @@ def deliveries() -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 @json_option
 def deliveries_list(
-    tenant: str, status: str | None, event_id: str | None, destination_id: str | None,
-    with_attempts: bool, limit: int, as_json: bool,
-) -> None:  # fmt: skip
+    tenant: str,
+    status: str | None,
+    event_id: str | None,
+    destination_id: str | None,
+    with_attempts: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
     async def action(rt: Runtime) -> list[dict[str, Any]]:
         query = DeliveryQuery(
-            status=status, event_id=EventId(event_id) if event_id else None,
-            destination_id=DestinationId(destination_id) if destination_id else None, limit=limit,
-        )  # fmt: skip
+            status=status,
+            event_id=EventId(event_id) if event_id else None,
+            destination_id=DestinationId(destination_id) if destination_id else None,
+            limit=limit,
+        )
         rows = await rt.store.deliveries.list_deliveries(TenantId(tenant), query)
         attempts = (
             await rt.store.deliveries.list_attempts(TenantId(tenant), [d.id for d in rows])
-            if with_attempts else []
-        )  # fmt: skip
+            if with_attempts
+            else []
+        )
         return [
             delivery_out(
                 d, [a for a in attempts if a.delivery_id == d.id] if with_attempts else None
@@ -109,11 +128,15 @@ def deliveries_list(
         ]
 
     data = run(action)
-    emit(data, as_json, lambda: "\n".join(
-        f"{d['id']}  {d['status']:<9}  attempts={d['attempts']}  event={d['event_id']}"
-        f"  {d.get('last_error') or ''}"
-        for d in data
-    ))  # fmt: skip
+    emit(
+        data,
+        as_json,
+        lambda: "\n".join(
+            f"{d['id']}  {d['status']:<9}  attempts={d['attempts']}  event={d['event_id']}"
+            f"  {d.get('last_error') or ''}"
+            for d in data
+        ),
+    )
 
 
 @click.group()
@@ -134,9 +157,11 @@ def replay_event(event_id: str, tenant: str, destination_id: str | None, as_json
             raise NotFound(f"no event {event_id} for tenant {tenant}")
         targets = await admin.replay_targets(rt, tenant, destination_id)
         return await rt.store.deliveries.replay_events(
-            TenantId(tenant), event_ids=[EventId(event_id)], destination_ids=targets,
+            TenantId(tenant),
+            event_ids=[EventId(event_id)],
+            destination_ids=targets,
             now_ms=now_ms(),
-        )  # fmt: skip
+        )
 
     count = run(action)
     emit({"replayed": count}, as_json, f"replayed {count} deliveries")
@@ -156,9 +181,12 @@ def replay_range(
     async def action(rt: Runtime) -> int:
         targets = await admin.replay_targets(rt, tenant, destination_id)
         return await rt.store.deliveries.replay_events(
-            TenantId(tenant), since_ms=parse_time(since, "--since"),
-            until_ms=parse_time(until, "--until"), destination_ids=targets, now_ms=now_ms(),
-        )  # fmt: skip
+            TenantId(tenant),
+            since_ms=parse_time(since, "--since"),
+            until_ms=parse_time(until, "--until"),
+            destination_ids=targets,
+            now_ms=now_ms(),
+        )
 
     count = run(action)
     emit({"replayed": count}, as_json, f"replayed {count} deliveries")
@@ -191,14 +219,21 @@ def usage(tenant: str, since: str | None, until: str | None, as_json: bool) -> N
 
     async def action(rt: Runtime) -> list[dict[str, Any]]:
         rows = await rt.store.usage.usage_report(
-            TenantId(tenant), since_ms=parse_time(since, "--since"),
+            TenantId(tenant),
+            since_ms=parse_time(since, "--since"),
             until_ms=parse_time(until, "--until"),
-        )  # fmt: skip
+        )
         return [{"hour": iso(r.hour_ms), "meter": r.meter, "value": r.value} for r in rows]
 
     data = run(action)
-    emit(data, as_json, lambda: "\n".join(
-        f"{r['hour']}  {r['meter']:<22} {r['value']}" for r in data) or "no usage recorded")  # fmt: skip
+    emit(
+        data,
+        as_json,
+        lambda: (
+            "\n".join(f"{r['hour']}  {r['meter']:<22} {r['value']}" for r in data)
+            or "no usage recorded"
+        ),
+    )
 
 
 __all__ = ["attempt_out", "deliveries", "events", "replay", "usage"]

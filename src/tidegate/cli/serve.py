@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,10 @@ async def _serve(settings: Settings) -> None:
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handlers it found:
+    # make those no-ops, so a drained shutdown exits 0 as a deployment expects.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     if settings.demo:
         asyncio.get_running_loop().call_later(0.5, _print_demo, settings, demo)
     await server.serve()
@@ -74,8 +79,9 @@ async def ensure_demo(runtime: Runtime) -> dict[str, str]:
     settings = runtime.settings
     path: Path = settings.data_dir / "demo.json"
     url = f"http://127.0.0.1:{settings.port}/demo/webhook"
-    if path.exists():
-        demo: dict[str, str] = json.loads(path.read_text())
+    saved = await asyncio.to_thread(lambda: path.read_text() if path.exists() else None)
+    if saved is not None:
+        demo: dict[str, str] = json.loads(saved)
         tenant = await runtime.store.tenants.get_tenant(TenantId(demo["tenant_id"]))
         found = await runtime.store.destinations.get_destination(
             TenantId(demo["tenant_id"]), DestinationId(demo["destination_id"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from pathlib import Path
 
 from tidegate.embedded import EmbeddedDatabase, sqlite_path
@@ -72,13 +73,7 @@ class SqliteEventLog:
         position = await self._db.read(lambda c: _committed(c, group, topic))
         while not self._closing.is_set():
             wakeup.clear()
-            rows = await self._db.read(
-                lambda c: c.execute(
-                    "SELECT pos, key, value FROM records WHERE topic = ? AND pos > ?"
-                    " ORDER BY pos LIMIT ?",
-                    (topic, position, max_records),
-                ).fetchall()
-            )
+            rows = await self._db.read(partial(_read_after, topic, position, max_records))
             if rows:
                 position = rows[-1][0]
                 yield Batch(
@@ -90,7 +85,9 @@ class SqliteEventLog:
             waiter = asyncio.ensure_future(wakeup.wait())
             closer = asyncio.ensure_future(self._closing.wait())
             try:
-                await asyncio.wait({waiter, closer}, timeout=self._poll_s, return_when="FIRST_COMPLETED")
+                await asyncio.wait(
+                    {waiter, closer}, timeout=self._poll_s, return_when="FIRST_COMPLETED"
+                )
             finally:
                 waiter.cancel()
                 closer.cancel()
@@ -103,7 +100,8 @@ class SqliteEventLog:
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO group_offsets (grp, topic, committed) VALUES (?, ?, ?)"
-                " ON CONFLICT (grp, topic) DO UPDATE SET committed = MAX(committed, excluded.committed)",
+                " ON CONFLICT (grp, topic) DO UPDATE"
+                " SET committed = MAX(committed, excluded.committed)",
                 (batch.group, batch.topic, last),
             )
 
@@ -122,6 +120,15 @@ class SqliteEventLog:
     async def aclose(self) -> None:
         self._closing.set()
         await self._db.aclose()
+
+
+def _read_after(
+    topic: str, position: int, limit: int, conn: sqlite3.Connection
+) -> list[tuple[int, str, bytes]]:
+    return conn.execute(
+        "SELECT pos, key, value FROM records WHERE topic = ? AND pos > ? ORDER BY pos LIMIT ?",
+        (topic, position, limit),
+    ).fetchall()
 
 
 def _committed(conn: sqlite3.Connection, group: str, topic: str) -> int:

@@ -78,7 +78,9 @@ class Lane:
 
 
 class Dispatcher:
-    def __init__(self, runtime: Runtime, sender: Sender, *, on_recovered: Callable[[], None]) -> None:
+    def __init__(
+        self, runtime: Runtime, sender: Sender, *, on_recovered: Callable[[], None]
+    ) -> None:
         self._rt = runtime
         self._sender = sender
         self._on_recovered = on_recovered
@@ -93,7 +95,9 @@ class Dispatcher:
     def is_known(self, delivery_id: str) -> bool:
         return delivery_id in self._known
 
-    def submit(self, deliveries: Iterable[Delivery], plaintext: dict[EventId, Loaded] | None = None) -> None:
+    def submit(
+        self, deliveries: Iterable[Delivery], plaintext: dict[EventId, Loaded] | None = None
+    ) -> None:
         """Queue deliveries (already leased to this worker) on their lanes."""
         for delivery in deliveries:
             if self._stopping or delivery.id in self._known:
@@ -109,11 +113,15 @@ class Dispatcher:
         lane = self._lanes.get(destination_id)
         if lane is None:
             s = self._rt.settings
-            lane = Lane(CircuitBreaker(failures_to_open=s.breaker_failures, cooldown_s=s.breaker_cooldown_s))
+            lane = Lane(
+                CircuitBreaker(failures_to_open=s.breaker_failures, cooldown_s=s.breaker_cooldown_s)
+            )
             self._lanes[destination_id] = lane
         return lane
 
-    def _pump(self, destination_id: DestinationId, lane: Lane, plaintext: dict[EventId, Loaded] | None) -> None:
+    def _pump(
+        self, destination_id: DestinationId, lane: Lane, plaintext: dict[EventId, Loaded] | None
+    ) -> None:
         cap = self._rt.settings.destination_concurrency
         while lane.backlog and lane.in_flight < cap:
             delivery = lane.backlog.popleft()
@@ -127,7 +135,7 @@ class Dispatcher:
     async def _run(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
         try:
             await self._attempt(lane, delivery, body)
-        except Exception:  # noqa: BLE001 - the lease lapses and the scheduler retries it
+        except Exception:
             log.exception("delivery.crashed", delivery_id=delivery.id)
         finally:
             lane.in_flight -= 1
@@ -155,14 +163,18 @@ class Dispatcher:
         if body is None:
             body = await self._load_body(delivery.tenant_id, delivery.event_id)
             if body is None:
-                await self._finish(delivery, Outcome(error="event no longer stored"), cached, final=True)
+                await self._finish(
+                    delivery, Outcome(error="event no longer stored"), cached, final=True
+                )
                 return
         if is_hot:
             telemetry.LATENCY.observe(max(0.0, (now_ms() - body.received_at_ms) / 1000))
         try:
             content, content_type = self._render(cached, body)
         except ValidationFailed as exc:
-            await self._finish(delivery, Outcome(error=f"transform failed: {exc.detail}"), cached, final=True)
+            await self._finish(
+                delivery, Outcome(error=f"transform failed: {exc.detail}"), cached, final=True
+            )
             return
         outcome = await self._sender.send(
             cached.destination,
@@ -175,7 +187,9 @@ class Dispatcher:
         if outcome.is_success:
             if lane.breaker.record_success():
                 self._on_recovered()
-        elif outcome.status_code is None or outcome.status_code >= 500 or outcome.status_code == 429:
+        elif (
+            outcome.status_code is None or outcome.status_code >= 500 or outcome.status_code == 429
+        ):
             lane.breaker.record_failure()
         await self._finish(delivery, outcome, cached, final=False)
 
@@ -188,7 +202,9 @@ class Dispatcher:
         document = msgspec.json.decode(loaded.body.payload)
         return _encode_json(cached.transform.apply(document)), content_type
 
-    async def _finish(self, delivery: Delivery, outcome: Outcome, cached: _CachedDestination, *, final: bool) -> None:
+    async def _finish(
+        self, delivery: Delivery, outcome: Outcome, cached: _CachedDestination, *, final: bool
+    ) -> None:
         now = now_ms()
         attempts_made = delivery.attempts + 1
         status = DeliveryStatus.PENDING
@@ -197,7 +213,16 @@ class Dispatcher:
         gone = code == 410
         if outcome.is_success:
             status = DeliveryStatus.SUCCEEDED
-        elif final or gone or (code is not None and 400 <= code < 500 and code not in (408, 429) and not cached.destination.retry_4xx):
+        elif (
+            final
+            or gone
+            or (
+                code is not None
+                and 400 <= code < 500
+                and code not in (408, 429)
+                and not cached.destination.retry_4xx
+            )
+        ):
             status = DeliveryStatus.DEAD
         else:
             delay = cached.schedule.next_delay(attempts_made, retry_after_s=outcome.retry_after_s)
@@ -206,10 +231,12 @@ class Dispatcher:
             else:
                 next_at = now + int(delay * 1000)
         attempt_outcome = (
-            AttemptOutcome.SUCCEEDED if outcome.is_success
-            else AttemptOutcome.BLOCKED if outcome.blocked
+            AttemptOutcome.SUCCEEDED
+            if outcome.is_success
+            else AttemptOutcome.BLOCKED
+            if outcome.blocked
             else AttemptOutcome.FAILED
-        )  # fmt: skip
+        )
         attempt = Attempt(
             id=new_attempt_id(),
             delivery_id=delivery.id,
@@ -221,7 +248,14 @@ class Dispatcher:
             error=outcome.error,
         )
         await self._rt.store.deliveries.record_attempts(
-            [AttemptResult(attempt=attempt, delivery_status=status.value, next_attempt_at_ms=next_at, last_error=outcome.error)],
+            [
+                AttemptResult(
+                    attempt=attempt,
+                    delivery_status=status.value,
+                    next_attempt_at_ms=next_at,
+                    last_error=outcome.error,
+                )
+            ],
             now_ms=now,
         )
         self._meter(delivery.tenant_id, attempt_outcome, status)
@@ -262,9 +296,16 @@ class Dispatcher:
             destination.tenant_id, destination.id, reason, now_ms=now_ms()
         )
         self._destinations.pop(destination.id, None)
-        log.warning("destination.disabled", destination_id=destination.id, reason=reason, dead_lettered=moved)
+        log.warning(
+            "destination.disabled",
+            destination_id=destination.id,
+            reason=reason,
+            dead_lettered=moved,
+        )
 
-    async def _destination(self, tenant_id: TenantId, destination_id: DestinationId) -> _CachedDestination | None:
+    async def _destination(
+        self, tenant_id: TenantId, destination_id: DestinationId
+    ) -> _CachedDestination | None:
         cached = self._destinations.get(destination_id)
         if cached is not None and cached.expires > time.monotonic():
             return cached
@@ -273,7 +314,9 @@ class Dispatcher:
             self._destinations.pop(destination_id, None)
             return None
         cipher = await self._rt.envelope.cipher(tenant_id)
-        secret = cipher.decrypt(destination.secret_ciphertext, b"secret:" + destination.id.encode()).decode()
+        secret = cipher.decrypt(
+            destination.secret_ciphertext, b"secret:" + destination.id.encode()
+        ).decode()
         cached = _CachedDestination(
             destination=destination,
             secret=secret,
@@ -305,7 +348,7 @@ class Dispatcher:
         if leftover:
             await self._rt.store.deliveries.release_leases(leftover)
         if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in pending:
                 task.cancel()
             if pending:

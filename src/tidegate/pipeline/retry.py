@@ -96,7 +96,7 @@ def _check_totals(delays: tuple[float, ...]) -> None:
     total = sum(delays)
     if total > MAX_TOTAL_S:
         raise ValidationFailed(
-            f"retry schedule: the delays add up to {_duration(total)} "
+            f"retry schedule: the delays add up to {total / 86400:.2f} days "
             f"({_number(total)}s); the limit is 7 days"
         )
 
@@ -184,16 +184,17 @@ class RetrySchedule:
     def describe(self) -> str:
         """`"immediately, 5s, 30s, 2m, 15m, 1h, then every 2h (11 times)"`."""
         parts = []
+        after_run = False
         for position, (delay, count) in enumerate(_runs(self.delays_s)):
             if count == 1:
-                parts.append("immediately" if delay == 0 else _duration(delay))
-                continue
-            text = (
-                f"immediately ({count} times)"
-                if delay == 0
-                else f"every {_duration(delay)} ({count} times)"
-            )
-            parts.append(text if position == 0 else f"then {text}")
+                text = "immediately" if delay == 0 else _duration(delay)
+            elif delay == 0:
+                text = f"immediately ({count} times)"
+            else:
+                text = f"every {_duration(delay)} ({count} times)"
+            is_run = count > 1
+            parts.append(f"then {text}" if position > 0 and (is_run or after_run) else text)
+            after_run = is_run
         return ", ".join(parts)
 
     @property

@@ -67,7 +67,9 @@ class Router:
                 loaded[entry.meta.id] = Loaded(
                     body=body, kind=entry.meta.kind, received_at_ms=entry.meta.received_at_ms
                 )
-            routed.append(RoutedEvent(meta=entry.meta, ciphertext=entry.ciphertext, destination_ids=selected))
+            routed.append(
+                RoutedEvent(meta=entry.meta, ciphertext=entry.ciphertext, destination_ids=selected)
+            )
         deliveries = await self._rt.store.events.record_routed(
             routed,
             now_ms=now_ms(),

@@ -60,7 +60,7 @@ class Worker:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a worker loop must outlive one bad batch
+            except Exception:
                 log.exception("worker.loop_crashed", loop=name)
                 await asyncio.sleep(1)
 
@@ -76,7 +76,11 @@ class Worker:
             if len(due) == _CLAIM_LIMIT:
                 continue
             next_due = await deliveries.next_due_ms()
-            wait_s = _SCAN_S if next_due is None else min(_SCAN_S, max(0.0, (next_due - now_ms()) / 1000))
+            wait_s = (
+                _SCAN_S
+                if next_due is None
+                else min(_SCAN_S, max(0.0, (next_due - now_ms()) / 1000))
+            )
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=max(wait_s, 0.01))

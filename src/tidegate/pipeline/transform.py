@@ -14,8 +14,8 @@ cheap and bounded:
   JMESPath has no loops or recursion, so evaluation time is bounded by the expression
   size times the event size; events are limited to 32 KiB of JSON at ingest.
 * Memory: JMESPath can build values larger than its input (`[@, @] | [@, @] | ...`
-  doubles at each stage). A static estimate made at compile time refuses expressions
-  whose intermediate values could exceed 16 times the largest event.
+  doubles at each stage). A conservative static estimate made at compile time refuses
+  expressions whose values could exceed 32 times the largest event (1 MiB).
 * Time: a step budget of `MAX_EVAL_STEPS` interpreter steps per evaluation; a filter
   that runs out counts as not matching, like one that fails (a type error in a
   function, say).
@@ -71,9 +71,11 @@ MAX_FUNCTION_CALLS: Final = 64
 MAX_NESTING: Final = 32
 #: Static bound on the size of any value a filter may build, from a MAX_EVENT_BYTES event.
 MAX_INTERMEDIATE_BYTES: Final = 32 * MAX_EVENT_BYTES
-#: Interpreter steps per evaluation (node visits, plus one per array element that a
-#: flatten or a function argument walks). A few thousand cover any realistic filter.
-MAX_EVAL_STEPS: Final = 20_000
+#: Interpreter steps per evaluation: node visits, plus one per array element that a
+#: flatten or a function walks or builds, plus one per 64 characters of strings that
+#: functions build. A few hundred cover realistic filters; the budget bounds the rest.
+MAX_EVAL_STEPS: Final = 10_000
+_CHARS_PER_STEP: Final = 64  # a function that returns a string is charged per 64 chars
 
 MAX_SPEC_BYTES: Final = 16 * 1024
 MAX_SET_VALUE_BYTES: Final = 4 * 1024
@@ -251,6 +253,8 @@ def _syntax_error(expression: str, error: jp_exceptions.JMESPathError) -> Valida
     else:
         position, message, near = 0, str(error), None
     column = position + 1
+    if near and len(near) > 16:
+        near = near[:15] + "…"
     where = f"near {near!r}" if near else "at the end of the expression"
     return ValidationFailed(
         f"filter: syntax error at column {column}: {message} ({where})", column=column
@@ -363,8 +367,10 @@ def _estimate_call(
     elif name == "merge":
         out = _add(*outs)
     elif name == "to_string":
-        # JSON text of the argument; re-encoding a string at most doubles it (escapes).
-        out = _add(_compose((2.0, 2.0), outs[0]))
+        # JSON text of the argument, ASCII-escaped: a non-ASCII character takes up to
+        # three times its UTF-8 size (\u00e9), and re-encoding JSON text at most
+        # doubles it (\" and \\).
+        out = _compose((3.0, 2.0), outs[0])
     elif name == "join":
         separator = outs[0]
         if separator[0] > 0:
@@ -384,7 +390,7 @@ def _estimate_call(
     return out, _max(out, held)
 
 
-def _check_ast(expression: str, root: Mapping[str, Any], tokens: _Tokens) -> None:
+def _check_ast(root: Mapping[str, Any], tokens: _Tokens) -> None:
     """Walk the AST without recursion: nesting, functions, and the size estimate."""
     calls = 0
     allowed_exprefs: set[int] = set()  # function arguments are visited after the call
@@ -475,7 +481,7 @@ def _compile_filter(expression: object) -> Mapping[str, Any]:
             f"filter: expression nests too deeply (limit {MAX_NESTING})"
         ) from None
     root: Mapping[str, Any] = parsed.parsed
-    _check_ast(expression, root, tokens)
+    _check_ast(root, tokens)
     return root
 
 
@@ -513,7 +519,14 @@ class _BoundedInterpreter(jp_visitor.TreeInterpreter):
         # Argument type checks walk arrays element by element in Python: charge for them.
         args = [self.visit(child, value) for child in node["children"]]
         self._charge(sum(len(arg) for arg in args if isinstance(arg, list | dict)))
-        return _FUNCTION_IMPL.call_function(node["value"], args)
+        result = _FUNCTION_IMPL.call_function(node["value"], args)
+        # Charge for what the function built too: to_string() and join() run in C but
+        # are linear in their output (the compile-time estimate bounds a single call).
+        if isinstance(result, str):
+            self._charge(len(result) // _CHARS_PER_STEP)
+        elif isinstance(result, list | dict):
+            self._charge(len(result))
+        return result
 
 
 # What evaluation may raise on odd data: JMESPath type errors (a ValueError), Python

@@ -36,8 +36,10 @@ _HEADER = struct.Struct(">BI")
 
 
 class WrappedKey(Protocol):
-    version: int
-    wrapped: bytes
+    @property
+    def version(self) -> int: ...
+    @property
+    def wrapped(self) -> bytes: ...
 
 
 class DataKeyStore(Protocol):
@@ -112,7 +114,9 @@ class Envelope:
     async def rotate(self, tenant_id: TenantId) -> int:
         """Add a new data key; new writes use it, old data stays readable."""
         await self._keys.add_data_key(
-            tenant_id, await self._key_ring.wrap(secrets.token_bytes(32), tenant_id), self._key_ring.key_id
+            tenant_id,
+            await self._key_ring.wrap(secrets.token_bytes(32), tenant_id),
+            self._key_ring.key_id,
         )
         async with self._lock:
             self._ciphers.pop(tenant_id, None)

@@ -45,9 +45,17 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 # Names that only ever resolve inside a private network (or to this machine).
 _INTERNAL_SUFFIXES = (
-    "localhost", "local", "localdomain", "internal", "intranet", "lan", "home.arpa",
-    "corp", "private", "svc",
-)  # fmt: skip
+    "localhost",
+    "local",
+    "localdomain",
+    "internal",
+    "intranet",
+    "lan",
+    "home.arpa",
+    "corp",
+    "private",
+    "svc",
+)
 
 # Checked in order, so the most specific category wins (metadata before link-local...).
 _BLOCKED_CATEGORIES = {

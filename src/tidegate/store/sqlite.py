@@ -31,11 +31,16 @@ from tidegate.store.base import (
     AttemptResult,
     DataKey,
     DeliveryQuery,
+    DeliveryStore,
+    DestinationStore,
     EventQuery,
+    EventStore,
     RoutedEvent,
     StoredEvent,
+    TenantStore,
     UsageIncrement,
     UsageRow,
+    UsageStore,
 )
 
 _PENDING = DeliveryStatus.PENDING.value
@@ -59,23 +64,23 @@ class SqliteStore:
 
     # The Store bundle: this one object serves every aggregate.
     @property
-    def tenants(self) -> SqliteStore:
+    def tenants(self) -> TenantStore:
         return self
 
     @property
-    def destinations(self) -> SqliteStore:
+    def destinations(self) -> DestinationStore:
         return self
 
     @property
-    def events(self) -> SqliteStore:
+    def events(self) -> EventStore:
         return self
 
     @property
-    def deliveries(self) -> SqliteStore:
+    def deliveries(self) -> DeliveryStore:
         return self
 
     @property
-    def usage(self) -> SqliteStore:
+    def usage(self) -> UsageStore:
         return self
 
     @property
@@ -147,7 +152,8 @@ class SqliteStore:
             if not c.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant_id,)).fetchone():
                 raise Conflict(f"tenant {tenant_id} does not exist")
             c.execute(
-                "INSERT INTO api_keys (key_hash, tenant_id, name, created_at_ms) VALUES (?, ?, ?, ?)",
+                "INSERT INTO api_keys (key_hash, tenant_id, name, created_at_ms)"
+                " VALUES (?, ?, ?, ?)",
                 (key_hash, tenant_id, name, now_ms()),
             )
 
@@ -198,11 +204,21 @@ class SqliteStore:
             c.execute(
                 f"INSERT INTO destinations ({_DEST_COLUMNS}) VALUES ({_placeholders(13)})",
                 (
-                    d.id, d.tenant_id, d.name, d.url, d.secret_ciphertext, d.filter, d.transform,
-                    d.retry_schedule, int(d.retry_4xx), d.timeout_s, d.status.value,
-                    d.disabled_reason, d.created_at_ms,
+                    d.id,
+                    d.tenant_id,
+                    d.name,
+                    d.url,
+                    d.secret_ciphertext,
+                    d.filter,
+                    d.transform,
+                    d.retry_schedule,
+                    int(d.retry_4xx),
+                    d.timeout_s,
+                    d.status.value,
+                    d.disabled_reason,
+                    d.created_at_ms,
                 ),
-            )  # fmt: skip
+            )
 
         await self._db.write(insert)
 
@@ -282,10 +298,17 @@ class SqliteStore:
                     " name_index, dedupe_index, received_at_ms, ciphertext)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        m.tenant_id, m.id, m.source_id, m.kind, m.type, m.name_index,
-                        m.dedupe_index, m.received_at_ms, item.ciphertext,
+                        m.tenant_id,
+                        m.id,
+                        m.source_id,
+                        m.kind,
+                        m.type,
+                        m.name_index,
+                        m.dedupe_index,
+                        m.received_at_ms,
+                        item.ciphertext,
                     ),
-                ).rowcount  # fmt: skip
+                ).rowcount
                 if not inserted:
                     continue  # this very event was recorded before (log replayed after a crash)
                 for destination_id in item.destination_ids:
@@ -391,25 +414,34 @@ class SqliteStore:
                 " outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        r.attempt.id, r.attempt.delivery_id, r.attempt.tenant_id,
-                        r.attempt.started_at_ms, r.attempt.duration_ms, r.attempt.outcome.value,
-                        r.attempt.status_code, r.attempt.error,
+                        r.attempt.id,
+                        r.attempt.delivery_id,
+                        r.attempt.tenant_id,
+                        r.attempt.started_at_ms,
+                        r.attempt.duration_ms,
+                        r.attempt.outcome.value,
+                        r.attempt.status_code,
+                        r.attempt.error,
                     )
                     for r in results
                 ],
-            )  # fmt: skip
+            )
             c.executemany(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
                 " next_attempt_at_ms = ?, lease_until_ms = NULL, updated_at_ms = ?,"
                 " last_error = ? WHERE id = ? AND tenant_id = ?",
                 [
                     (
-                        r.delivery_status, r.next_attempt_at_ms, now_ms, r.last_error,
-                        r.attempt.delivery_id, r.attempt.tenant_id,
+                        r.delivery_status,
+                        r.next_attempt_at_ms,
+                        now_ms,
+                        r.last_error,
+                        r.attempt.delivery_id,
+                        r.attempt.tenant_id,
                     )
                     for r in results
                 ],
-            )  # fmt: skip
+            )
 
         await self._db.write(record)
 
@@ -432,10 +464,12 @@ class SqliteStore:
 
     async def release_all_leases(self) -> int:
         return await self._db.write(
-            lambda c: c.execute(
-                "UPDATE deliveries SET lease_until_ms = NULL"
-                " WHERE status = 'pending' AND lease_until_ms IS NOT NULL"
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET lease_until_ms = NULL"
+                    " WHERE status = 'pending' AND lease_until_ms IS NOT NULL"
+                ).rowcount
+            )
         )
 
     async def get_delivery(self, tenant_id: TenantId, delivery_id: DeliveryId) -> Delivery | None:
@@ -484,35 +518,44 @@ class SqliteStore:
         )
         return [
             Attempt(
-                id=r[0], delivery_id=DeliveryId(r[1]), tenant_id=TenantId(r[2]),
-                started_at_ms=r[3], duration_ms=r[4], outcome=AttemptOutcome(r[5]),
-                status_code=r[6], error=r[7],
+                id=r[0],
+                delivery_id=DeliveryId(r[1]),
+                tenant_id=TenantId(r[2]),
+                started_at_ms=r[3],
+                duration_ms=r[4],
+                outcome=AttemptOutcome(r[5]),
+                status_code=r[6],
+                error=r[7],
             )
             for r in rows
-        ]  # fmt: skip
+        ]
 
     async def dead_letter_pending(
         self, tenant_id: TenantId, destination_id: DestinationId, reason: str, *, now_ms: int
     ) -> int:
         return await self._db.write(
-            lambda c: c.execute(
-                "UPDATE deliveries SET status = 'dead', next_attempt_at_ms = NULL,"
-                " lease_until_ms = NULL, last_error = ?, updated_at_ms = ?"
-                " WHERE tenant_id = ? AND destination_id = ? AND status = 'pending'",
-                (reason, now_ms, tenant_id, destination_id),
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET status = 'dead', next_attempt_at_ms = NULL,"
+                    " lease_until_ms = NULL, last_error = ?, updated_at_ms = ?"
+                    " WHERE tenant_id = ? AND destination_id = ? AND status = 'pending'",
+                    (reason, now_ms, tenant_id, destination_id),
+                ).rowcount
+            )
         )
 
     async def replay_dead_letters(
         self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
     ) -> int:
         return await self._db.write(
-            lambda c: c.execute(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at_ms = ?,"
-                " lease_until_ms = NULL, attempts = 0, updated_at_ms = ?"
-                " WHERE tenant_id = ? AND destination_id = ? AND status = 'dead'",
-                (now_ms, now_ms, tenant_id, destination_id),
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at_ms = ?,"
+                    " lease_until_ms = NULL, attempts = 0, updated_at_ms = ?"
+                    " WHERE tenant_id = ? AND destination_id = ? AND status = 'dead'",
+                    (now_ms, now_ms, tenant_id, destination_id),
+                ).rowcount
+            )
         )
 
     async def replay_events(
@@ -550,13 +593,19 @@ class SqliteStore:
                     _insert_delivery(
                         c,
                         Delivery(
-                            id=new_delivery_id(), tenant_id=tenant_id, event_id=EventId(event_id),
-                            destination_id=destination_id, status=DeliveryStatus.PENDING,
-                            attempts=0, next_attempt_at_ms=now_ms, created_at_ms=now_ms,
-                            updated_at_ms=now_ms, replay_of=None,
+                            id=new_delivery_id(),
+                            tenant_id=tenant_id,
+                            event_id=EventId(event_id),
+                            destination_id=destination_id,
+                            status=DeliveryStatus.PENDING,
+                            attempts=0,
+                            next_attempt_at_ms=now_ms,
+                            created_at_ms=now_ms,
+                            updated_at_ms=now_ms,
+                            replay_of=None,
                         ),
                         lease_until_ms=None,
-                    )  # fmt: skip
+                    )
                     count += 1
             return count
 
@@ -608,28 +657,50 @@ def _tenant(row: Sequence[Any]) -> Tenant:
 
 def _destination(row: Sequence[Any]) -> Destination:
     return Destination(
-        id=DestinationId(row[0]), tenant_id=TenantId(row[1]), name=row[2], url=row[3],
-        secret_ciphertext=row[4], filter=row[5], transform=row[6], retry_schedule=row[7],
-        retry_4xx=bool(row[8]), timeout_s=row[9], status=DestinationStatus(row[10]),
-        disabled_reason=row[11], created_at_ms=row[12],
-    )  # fmt: skip
+        id=DestinationId(row[0]),
+        tenant_id=TenantId(row[1]),
+        name=row[2],
+        url=row[3],
+        secret_ciphertext=row[4],
+        filter=row[5],
+        transform=row[6],
+        retry_schedule=row[7],
+        retry_4xx=bool(row[8]),
+        timeout_s=row[9],
+        status=DestinationStatus(row[10]),
+        disabled_reason=row[11],
+        created_at_ms=row[12],
+    )
 
 
 def _stored_event(row: Sequence[Any]) -> StoredEvent:
     meta = EventMeta(
-        id=EventId(row[0]), tenant_id=TenantId(row[1]), source_id=SourceId(row[2]), kind=row[3],
-        type=row[4], name_index=row[5], dedupe_index=row[6], received_at_ms=row[7],
-    )  # fmt: skip
+        id=EventId(row[0]),
+        tenant_id=TenantId(row[1]),
+        source_id=SourceId(row[2]),
+        kind=row[3],
+        type=row[4],
+        name_index=row[5],
+        dedupe_index=row[6],
+        received_at_ms=row[7],
+    )
     return StoredEvent(meta=meta, ciphertext=row[8])
 
 
 def _delivery(row: Sequence[Any]) -> Delivery:
     return Delivery(
-        id=DeliveryId(row[0]), tenant_id=TenantId(row[1]), event_id=EventId(row[2]),
-        destination_id=DestinationId(row[3]), status=DeliveryStatus(row[4]), attempts=row[5],
-        next_attempt_at_ms=row[6], created_at_ms=row[7], updated_at_ms=row[8],
-        last_error=row[9], replay_of=row[10],
-    )  # fmt: skip
+        id=DeliveryId(row[0]),
+        tenant_id=TenantId(row[1]),
+        event_id=EventId(row[2]),
+        destination_id=DestinationId(row[3]),
+        status=DeliveryStatus(row[4]),
+        attempts=row[5],
+        next_attempt_at_ms=row[6],
+        created_at_ms=row[7],
+        updated_at_ms=row[8],
+        last_error=row[9],
+        replay_of=row[10],
+    )
 
 
 def _insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int | None) -> None:
@@ -638,7 +709,16 @@ def _insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int 
         " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            d.id, d.tenant_id, d.event_id, d.destination_id, d.status.value, d.attempts,
-            d.next_attempt_at_ms, lease_until_ms, d.created_at_ms, d.updated_at_ms, d.replay_of,
+            d.id,
+            d.tenant_id,
+            d.event_id,
+            d.destination_id,
+            d.status.value,
+            d.attempts,
+            d.next_attempt_at_ms,
+            lease_until_ms,
+            d.created_at_ms,
+            d.updated_at_ms,
+            d.replay_of,
         ),
-    )  # fmt: skip
+    )

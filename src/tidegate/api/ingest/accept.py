@@ -57,9 +57,7 @@ class Ingestor:
     async def authenticate(self, write_key: str | None) -> tuple[Source, Tenant]:
         """The source and tenant of a write key; 401 if unknown, 421 if another region's."""
         if not write_key:
-            raise Unauthorized(
-                "no write key: send it as the HTTP Basic username (empty password)"
-            )
+            raise Unauthorized("no write key: send it as the HTTP Basic username (empty password)")
         digest = credential_hash(write_key)
         cached = self._sources.get(digest)
         now = time.monotonic()

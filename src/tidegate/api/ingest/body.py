@@ -101,6 +101,9 @@ def check_shape(value: Any) -> None:
             if depth > MAX_DEPTH:
                 raise InvalidRequest(f"JSON nesting exceeds {MAX_DEPTH} levels")
             stack.extend((v, depth + 1) for v in item)
-        elif isinstance(item, int) and not isinstance(item, bool):
-            if not -_INT_LIMIT <= item < _INT_LIMIT:
-                raise InvalidRequest("JSON integer out of range (must fit in 64 bits)")
+        elif (
+            isinstance(item, int)
+            and not isinstance(item, bool)
+            and not -_INT_LIMIT <= item < _INT_LIMIT
+        ):
+            raise InvalidRequest("JSON integer out of range (must fit in 64 bits)")

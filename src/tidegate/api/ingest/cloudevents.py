@@ -33,7 +33,7 @@ def prepare(event: Any, *, where: str, received_at_ms: int) -> Prepared:
     if not isinstance(event, dict):
         raise InvalidEvent(f"{where}: a CloudEvent must be a JSON object")
     if event.get("specversion") != "1.0":
-        raise InvalidEvent(f"{where}: specversion must be \"1.0\"")
+        raise InvalidEvent(f'{where}: specversion must be "1.0"')
     for name in _REQUIRED:
         value = event.get(name)
         if not isinstance(value, str) or not value:
@@ -118,7 +118,9 @@ class CloudEventsEndpoint:
                 ]
             elif "ce-specversion" in request.headers:
                 body = await read_body(request, limit=MAX_EVENT_BYTES)
-                events = [prepare(from_binary(request, body), where="event", received_at_ms=received)]
+                events = [
+                    prepare(from_binary(request, body), where="event", received_at_ms=received)
+                ]
             else:
                 require_media_type(request, STRUCTURED, BATCH)
                 return OK  # unreachable: require_media_type raised

@@ -30,8 +30,10 @@ OK = Response(b'{"success":true}', media_type="application/json")
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -112,9 +114,14 @@ class SegmentEndpoints:
         if header_key is not None:  # authenticate before reading a stranger's body
             source, _tenant = await self._ingestor.authenticate(header_key)
         limit = MAX_EVENT_BYTES if kind else MAX_BATCH_BYTES
-        body = decode_json(await read_body(request, limit=limit))
-        if not isinstance(body, dict):
-            raise InvalidEvent("the body must be a JSON object")
+        try:
+            body = decode_json(await read_body(request, limit=limit))
+            if not isinstance(body, dict):
+                raise InvalidEvent("the body must be a JSON object")
+        except TidegateError:
+            if header_key is not None:
+                self._ingestor.reject(source.tenant_id, 1)
+            raise
         if header_key is None:
             body_key = body.get("writeKey")
             source, _tenant = await self._ingestor.authenticate(
