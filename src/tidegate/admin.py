@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from tidegate.errors import NotFound, ValidationFailed
 from tidegate.ids import (
     credential_hash,
@@ -78,11 +76,7 @@ async def create_destination(
     if filter_expression is not None:
         Filter.compile(filter_expression)
     if transform is not None:
-        try:
-            spec = json.loads(transform)
-        except json.JSONDecodeError as exc:
-            raise ValidationFailed(f"transform is not valid JSON: {exc}") from exc
-        transform = Transform.compile(spec).to_json()
+        transform = Transform.compile(transform).to_json()
     if retry_schedule is not None:
         RetrySchedule.parse(retry_schedule)
     if timeout_s is not None and not 0 < timeout_s <= 300:
