@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = Field(
         default=5.0, gt=0, description="First wait before a breaker probe."
     )
+    event_retention_days: float = Field(
+        default=30, gt=0, description="Events (and their delivery history) kept this long."
+    )
+    housekeeping_interval_s: float = Field(default=60, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo: bool = Field(default=False, description="Mount the demo webhook receiver.")

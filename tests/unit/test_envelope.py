@@ -71,3 +71,18 @@ async def test_wrong_master_key_cannot_unwrap(tmp_path: Path) -> None:
             await Envelope(LocalFileKeyRing(tmp_path / "k2"), store).cipher(TenantId("t"))
     finally:
         await store.aclose()
+
+
+async def test_a_process_with_stale_keys_reloads_on_a_newer_version(tmp_path: Path) -> None:
+    """Another process rotated the keys: decrypt() notices the new version and reloads."""
+    store = SqliteStore(tmp_path / "store.db")
+    ring = LocalFileKeyRing(tmp_path / "k")
+    try:
+        stale, fresh = Envelope(ring, store), Envelope(ring, store)
+        tenant = TenantId("t")
+        await stale.cipher(tenant)
+        await fresh.rotate(tenant)
+        blob = (await fresh.cipher(tenant)).encrypt(b"after rotation", b"p")
+        assert await stale.decrypt(tenant, blob, b"p") == b"after rotation"
+    finally:
+        await store.aclose()

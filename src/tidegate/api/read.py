@@ -188,8 +188,10 @@ def destination_out(d: Destination) -> DestinationOut:
 
 
 async def decrypt_event(runtime: Runtime, stored: StoredEvent, *, with_payload: bool) -> EventOut:
-    cipher = await runtime.envelope.cipher(stored.meta.tenant_id)
-    body = _decode_body(cipher.decrypt(stored.ciphertext, stored.meta.id.encode()))
+    plain = await runtime.envelope.decrypt(
+        stored.meta.tenant_id, stored.ciphertext, stored.meta.id.encode()
+    )
+    body = _decode_body(plain)
     return EventOut(
         id=stored.meta.id,
         kind=stored.meta.kind,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tidegate.cli.admin import apikeys, destinations, sources, tenants
+from tidegate.cli.admin import apikeys, destinations, keys, sources, tenants
 from tidegate.cli.data import deliveries, events, replay, usage
 from tidegate.cli.serve import serve
 
@@ -19,7 +19,18 @@ def cli() -> None:
     """
 
 
-for command in (serve, tenants, sources, apikeys, destinations, events, deliveries, replay, usage):
+for command in (
+    serve,
+    tenants,
+    sources,
+    apikeys,
+    destinations,
+    keys,
+    events,
+    deliveries,
+    replay,
+    usage,
+):
     cli.add_command(command)
 
 

@@ -138,3 +138,22 @@ def destinations_list(tenant: str, as_json: bool) -> None:
 
     data = run(action)
     emit(data, as_json, lambda: "\n".join(f"{d['id']}  {d['status']}  {d['url']}" for d in data))
+
+
+@click.group()
+def keys() -> None:
+    """Per-tenant data keys (envelope encryption)."""
+
+
+@keys.command("rotate")
+@click.option("--tenant", required=True)
+@json_option
+def keys_rotate(tenant: str, as_json: bool) -> None:
+    """Add a new data key: new data uses it, existing data stays readable (no downtime)."""
+
+    async def action(rt: Runtime) -> int:
+        found = await admin.require_tenant(rt, tenant)
+        return await rt.envelope.rotate(found.id)
+
+    version = run(action)
+    emit({"tenant_id": tenant, "key_version": version}, as_json, f"data key version {version}")

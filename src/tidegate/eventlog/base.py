@@ -56,6 +56,13 @@ class EventLog(Protocol):
         """Mark `batch` done for its group; it is not yielded to that group again."""
         ...
 
+    async def trim(self, topic: str) -> int:
+        """Drop records that every consumer group has committed; returns how many.
+
+        Engines with retention of their own (Kafka) do nothing here.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Stop consumers (their iterators end) and release the engine."""
         ...

@@ -107,12 +107,22 @@ class SqliteEventLog:
 
         await self._db.write(save)
 
-    async def trim(self, topic: str, keep_after_offset: int) -> int:
-        """Delete records at or before `keep_after_offset` (housekeeping)."""
+    async def trim(self, topic: str) -> int:
+        """Delete records every group has committed; the newest record always stays, so
+        offsets keep growing from it."""
 
         def delete(conn: sqlite3.Connection) -> int:
+            (floor,) = conn.execute(
+                "SELECT MIN(committed) FROM group_offsets WHERE topic = ?", (topic,)
+            ).fetchone()
+            if floor is None:
+                return 0
+            (newest,) = conn.execute(
+                "SELECT COALESCE(MAX(pos), -1) FROM records WHERE topic = ?", (topic,)
+            ).fetchone()
             return conn.execute(
-                "DELETE FROM records WHERE topic = ? AND pos <= ?", (topic, keep_after_offset)
+                "DELETE FROM records WHERE topic = ? AND pos <= ? AND pos < ?",
+                (topic, floor, newest),
             ).rowcount
 
         return await self._db.write(delete)

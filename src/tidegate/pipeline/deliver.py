@@ -313,9 +313,10 @@ class Dispatcher:
         if destination is None:
             self._destinations.pop(destination_id, None)
             return None
-        cipher = await self._rt.envelope.cipher(tenant_id)
-        secret = cipher.decrypt(
-            destination.secret_ciphertext, b"secret:" + destination.id.encode()
+        secret = (
+            await self._rt.envelope.decrypt(
+                tenant_id, destination.secret_ciphertext, b"secret:" + destination.id.encode()
+            )
         ).decode()
         cached = _CachedDestination(
             destination=destination,
@@ -331,9 +332,9 @@ class Dispatcher:
         stored = await self._rt.store.events.get_event(tenant_id, event_id)
         if stored is None:
             return None
-        cipher = await self._rt.envelope.cipher(tenant_id)
         try:
-            body = _decode_body(cipher.decrypt(stored.ciphertext, event_id.encode()))
+            plain = await self._rt.envelope.decrypt(tenant_id, stored.ciphertext, event_id.encode())
+            body = _decode_body(plain)
         except DecryptionFailed:
             log.error("event.undecryptable", event_id=event_id, tenant_id=tenant_id)
             return None

@@ -57,9 +57,11 @@ class Router:
             selected: tuple[Any, ...] = ()
             candidates = by_tenant.get(entry.meta.tenant_id)
             if candidates:
-                cipher = await self._rt.envelope.cipher(entry.meta.tenant_id)
                 try:
-                    body = _decode_body(cipher.decrypt(entry.ciphertext, entry.meta.id.encode()))
+                    plain = await self._rt.envelope.decrypt(
+                        entry.meta.tenant_id, entry.ciphertext, entry.meta.id.encode()
+                    )
+                    body = _decode_body(plain)
                 except DecryptionFailed:
                     log.error("event.undecryptable", event_id=entry.meta.id)
                     continue

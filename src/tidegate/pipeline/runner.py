@@ -38,6 +38,7 @@ class Worker:
             asyncio.create_task(self._recover()),
             asyncio.create_task(self._guard("router", self._router.run)),
             asyncio.create_task(self._guard("scheduler", self._schedule)),
+            asyncio.create_task(self._guard("housekeeping", self._housekeep)),
         ]
 
     async def _recover(self) -> None:
@@ -84,6 +85,19 @@ class Worker:
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=max(wait_s, 0.01))
+
+    async def _housekeep(self) -> None:
+        """Trim the log behind every consumer group and purge expired store rows."""
+        settings = self._rt.settings
+        while True:
+            await asyncio.sleep(settings.housekeeping_interval_s)
+            trimmed = await self._rt.log.trim(self._rt.topic)
+            now = now_ms()
+            purged = await self._rt.store.events.purge(
+                now_ms=now, events_before_ms=now - int(settings.event_retention_days * 86_400_000)
+            )
+            if trimmed or purged:
+                log.info("housekeeping.done", log_records_trimmed=trimmed, events_purged=purged)
 
     async def stop(self, *, drain_timeout_s: float = 10.0) -> None:
         for task in self._tasks:

@@ -85,6 +85,10 @@ class TenantCipher:
         except InvalidTag as exc:
             raise DecryptionFailed("ciphertext does not authenticate") from exc
 
+    def has_version_of(self, blob: bytes) -> bool:
+        """Whether this cipher holds the key version `blob` was sealed with."""
+        return len(blob) >= _HEADER.size and _HEADER.unpack_from(blob)[1] in self._aeads
+
     def index(self, value: str) -> bytes:
         """A keyed, deterministic 16-byte digest for equality lookups."""
         return hmac.new(self._index_key, value.encode(), hashlib.sha256).digest()[:16]
@@ -110,6 +114,15 @@ class Envelope:
             cipher = await self._load(tenant_id)
             self._ciphers[tenant_id] = cipher
             return cipher
+
+    async def decrypt(self, tenant_id: TenantId, blob: bytes, purpose: bytes) -> bytes:
+        """Decrypt, reloading the tenant's keys once if `blob` uses a newer key version
+        (another process rotated them)."""
+        cipher = await self.cipher(tenant_id)
+        if not cipher.has_version_of(blob):
+            self.forget(tenant_id)
+            cipher = await self.cipher(tenant_id)
+        return cipher.decrypt(blob, purpose)
 
     async def rotate(self, tenant_id: TenantId) -> int:
         """Add a new data key; new writes use it, old data stays readable."""

@@ -133,6 +133,12 @@ class EventStore(Protocol):
         """
         ...
 
+    async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
+        """Housekeeping: drop expired dedupe claims, and events received before
+        `events_before_ms` that have no pending delivery, with their deliveries and
+        attempts. Returns the number of events dropped."""
+        ...
+
     async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None: ...
     async def get_events(
         self, tenant_id: TenantId, event_ids: Sequence[EventId]

@@ -329,6 +329,32 @@ class SqliteStore:
 
         return await self._db.write(record)
 
+    async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
+        def purge(c: sqlite3.Connection) -> int:
+            c.execute("DELETE FROM dedupe WHERE expires_at_ms <= ?", (now_ms,))
+            doomed = (
+                "SELECT tenant_id, id FROM events e WHERE received_at_ms < ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id"
+                " AND d.event_id = e.id AND d.status = 'pending') LIMIT 10000"
+            )
+            rows = c.execute(doomed, (events_before_ms,)).fetchall()
+            for tenant_id, event_id in rows:
+                c.execute(
+                    "DELETE FROM attempts WHERE tenant_id = ? AND delivery_id IN"
+                    " (SELECT id FROM deliveries WHERE tenant_id = ? AND event_id = ?)",
+                    (tenant_id, tenant_id, event_id),
+                )
+                c.execute(
+                    "DELETE FROM deliveries WHERE tenant_id = ? AND event_id = ?",
+                    (tenant_id, event_id),
+                )
+                c.execute(
+                    "DELETE FROM events WHERE tenant_id = ? AND id = ?", (tenant_id, event_id)
+                )
+            return len(rows)
+
+        return await self._db.write(purge)
+
     async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None:
         row = await self._db.read(
             lambda c: c.execute(
