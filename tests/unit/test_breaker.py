@@ -37,3 +37,11 @@ def test_success_resets_the_failure_count() -> None:
     assert b.record_success() is False
     b.record_failure(now=0)
     assert b.state is BreakerState.CLOSED
+
+
+def test_a_probe_that_never_reports_is_replaced() -> None:
+    b = CircuitBreaker(failures_to_open=1, cooldown_s=5, probe_timeout_s=30)
+    b.record_failure(now=0)
+    assert b.allow(now=5)
+    assert not b.allow(now=20)
+    assert b.allow(now=36)

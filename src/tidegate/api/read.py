@@ -13,6 +13,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from tidegate.admin import create_destination as create_destination_op
 from tidegate.admin import replay_targets
 from tidegate.api.auth import ApiKeys
 from tidegate.errors import InvalidRequest, NotFound
@@ -130,6 +131,20 @@ class DestinationOut(BaseModel):
     status: str
     disabled_reason: str | None
     created_at: str | None
+
+
+class DestinationIn(Strict):
+    url: str = Field(description="http(s) endpoint; refused if it resolves to an internal address")
+    name: str | None = Field(None, max_length=200)
+    filter: str | None = Field(None, description="JMESPath expression selecting events")
+    transform: str | None = Field(None, description="JSON transform spec, as a string")
+    retry_schedule: str | None = Field(None, description='e.g. "0,5s,30s,2m,15m,1h,2h*11"')
+    retry_4xx: bool = True
+    timeout_s: float | None = Field(None, gt=0, le=300)
+
+
+class DestinationCreated(DestinationOut):
+    secret: str = Field(description="The whsec_ signing secret. Shown once.")
 
 
 class ReplayRange(Strict):
@@ -304,6 +319,28 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
     ) -> DeliveryPage:
         """Deliveries that exhausted their retry schedule (or whose destination went away)."""
         return await list_deliveries(tenant, "dead", destination_id, cursor, limit)
+
+    @router.post(
+        "/destinations", response_model=DestinationCreated, status_code=201, tags=["destinations"]
+    )
+    async def create_destination(tenant: TenantDep, body: DestinationIn) -> DestinationCreated:
+        """Create a webhook destination; the response carries its signing secret, once.
+
+        The URL is checked against the SSRF rules after DNS resolution (422 if refused);
+        filter, transform and retry schedule are validated (422 with the reason).
+        """
+        destination, secret = await create_destination_op(
+            runtime,
+            tenant.id,
+            url=body.url,
+            name=body.name,
+            filter_expression=body.filter,
+            transform=body.transform,
+            retry_schedule=body.retry_schedule,
+            retry_4xx=body.retry_4xx,
+            timeout_s=body.timeout_s,
+        )
+        return DestinationCreated(**destination_out(destination).model_dump(), secret=secret)
 
     @router.get("/destinations", response_model=list[DestinationOut], tags=["destinations"])
     async def list_destinations(tenant: TenantDep) -> list[DestinationOut]:

@@ -18,7 +18,12 @@ class BreakerState(StrEnum):
 
 class CircuitBreaker:
     def __init__(
-        self, *, failures_to_open: int, cooldown_s: float, max_cooldown_s: float = 300.0
+        self,
+        *,
+        failures_to_open: int,
+        cooldown_s: float,
+        max_cooldown_s: float = 60.0,
+        probe_timeout_s: float = 60.0,
     ) -> None:
         self._threshold = failures_to_open
         self._base_cooldown = cooldown_s
@@ -26,6 +31,8 @@ class CircuitBreaker:
         self._cooldown = cooldown_s
         self._failures = 0
         self._opened_at = 0.0
+        self._probe_at = 0.0
+        self._probe_timeout = probe_timeout_s
         self.state = BreakerState.CLOSED
 
     def allow(self, now: float | None = None) -> bool:
@@ -35,6 +42,10 @@ class CircuitBreaker:
             return True
         if self.state is BreakerState.OPEN and now >= self._opened_at + self._cooldown:
             self.state = BreakerState.HALF_OPEN
+            self._probe_at = now
+            return True
+        if self.state is BreakerState.HALF_OPEN and now >= self._probe_at + self._probe_timeout:
+            self._probe_at = now  # the probe never reported back: send another
             return True
         return False
 

@@ -186,6 +186,12 @@ class Dispatcher:
         telemetry.ATTEMPT_DURATION.observe(outcome.duration_ms / 1000)
         if outcome.is_success:
             if lane.breaker.record_success():
+                resumed = await self._rt.store.deliveries.resume_destination(
+                    delivery.tenant_id, delivery.destination_id, now_ms=now_ms()
+                )
+                log.info(
+                    "destination.recovered", destination_id=delivery.destination_id, resumed=resumed
+                )
                 self._on_recovered()
         elif (
             outcome.status_code is None or outcome.status_code >= 500 or outcome.status_code == 429

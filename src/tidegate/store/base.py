@@ -203,6 +203,12 @@ class DeliveryStore(Protocol):
         """Give leased, unattempted deliveries back (clean shutdown)."""
         ...
 
+    async def resume_destination(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> int:
+        """Make every pending delivery of the destination due now (its breaker closed)."""
+        ...
+
     async def release_all_leases(self) -> int:
         """Release every lease (a sole worker starting after a crash); returns how many."""
         ...

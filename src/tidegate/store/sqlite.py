@@ -488,6 +488,19 @@ class SqliteStore:
             )
         )
 
+    async def resume_destination(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> int:
+        return await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET next_attempt_at_ms = ? WHERE tenant_id = ?"
+                    " AND destination_id = ? AND status = 'pending' AND next_attempt_at_ms > ?",
+                    (now_ms, tenant_id, destination_id, now_ms),
+                ).rowcount
+            )
+        )
+
     async def release_all_leases(self) -> int:
         return await self._db.write(
             lambda c: (
