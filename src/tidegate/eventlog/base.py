@@ -59,7 +59,9 @@ class EventLog(Protocol):
     async def trim(self, topic: str) -> int:
         """Drop records that every consumer group has committed; returns how many.
 
-        Engines with retention of their own (Kafka) do nothing here.
+        A group that has never committed starts at the oldest record still kept (as a
+        new Kafka group under retention does). Engines with retention of their own
+        (Kafka) do nothing here.
         """
         ...
 

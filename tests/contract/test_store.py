@@ -1,0 +1,202 @@
+"""The Store contract: dedupe, idempotent routing, tenant scoping, leases, replay, usage."""
+
+from __future__ import annotations
+
+from tidegate.ids import new_event_id, new_tenant_id, now_ms
+from tidegate.model import (
+    Attempt,
+    AttemptOutcome,
+    Destination,
+    DestinationId,
+    DestinationStatus,
+    EventMeta,
+    SourceId,
+    Tenant,
+    TenantId,
+)
+from tidegate.store import (
+    AttemptResult,
+    DeliveryQuery,
+    EventQuery,
+    RoutedEvent,
+    Store,
+    UsageIncrement,
+)
+
+DAY_MS = 86_400_000
+
+
+async def _tenant(store: Store) -> TenantId:
+    tenant = Tenant(id=new_tenant_id(), name="t", region="eu", created_at_ms=now_ms())
+    await store.tenants.create_tenant(tenant)
+    return tenant.id
+
+
+async def _destination(store: Store, tenant_id: TenantId, name: str = "d") -> DestinationId:
+    destination = Destination(
+        id=DestinationId(f"dst_{name}_{tenant_id}"),
+        tenant_id=tenant_id,
+        name=name,
+        url="https://example.com/h",
+        secret_ciphertext=b"x",
+        created_at_ms=now_ms(),
+    )
+    await store.destinations.create_destination(destination)
+    return destination.id
+
+
+def _event(tenant_id: TenantId, dedupe: bytes, received_at_ms: int | None = None) -> EventMeta:
+    return EventMeta(
+        id=new_event_id(),
+        tenant_id=tenant_id,
+        source_id=SourceId("src"),
+        kind="segment",
+        type="track",
+        received_at_ms=received_at_ms or now_ms(),
+        name_index=b"n" * 16,
+        dedupe_index=dedupe,
+    )
+
+
+async def _route(
+    store: Store, meta: EventMeta, *dests: DestinationId, at: int | None = None
+) -> int:
+    created = await store.events.record_routed(
+        [RoutedEvent(meta=meta, ciphertext=b"ct", destination_ids=dests)],
+        now_ms=at or now_ms(),
+        dedupe_window_ms=DAY_MS,
+        lease_ms=60_000,
+    )
+    return len(created)
+
+
+async def test_duplicate_within_window_creates_nothing(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    assert await _route(store, _event(tenant, b"m1"), dest) == 1
+    assert await _route(store, _event(tenant, b"m1"), dest) == 0
+    assert len(await store.events.list_events(tenant, EventQuery())) == 1
+
+
+async def test_duplicate_after_window_is_a_new_event(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    now = now_ms()
+    assert await _route(store, _event(tenant, b"m1"), dest, at=now) == 1
+    assert await _route(store, _event(tenant, b"m1"), dest, at=now + DAY_MS + 1) == 1
+
+
+async def test_same_dedupe_key_in_two_tenants_is_two_events(store: Store) -> None:
+    a, b = await _tenant(store), await _tenant(store)
+    assert await _route(store, _event(a, b"m"), await _destination(store, a)) == 1
+    assert await _route(store, _event(b, b"m"), await _destination(store, b)) == 1
+
+
+async def test_routing_the_same_event_twice_is_idempotent(store: Store) -> None:
+    """A log batch consumed again after a crash creates no second delivery."""
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    meta = _event(tenant, b"m")
+    assert await _route(store, meta, dest) == 1
+    assert await _route(store, meta, dest) == 0
+
+
+async def test_reads_are_scoped_by_tenant(store: Store) -> None:
+    a, b = await _tenant(store), await _tenant(store)
+    dest = await _destination(store, a)
+    meta = _event(a, b"m")
+    await _route(store, meta, dest)
+    assert await store.events.get_event(a, meta.id) is not None
+    assert await store.events.get_event(b, meta.id) is None
+    assert await store.destinations.get_destination(b, dest) is None
+    (delivery,) = await store.deliveries.list_deliveries(a, DeliveryQuery())
+    assert await store.deliveries.get_delivery(b, delivery.id) is None
+    assert await store.deliveries.list_deliveries(b, DeliveryQuery()) == []
+
+
+async def test_leased_deliveries_are_not_claimed_until_released(store: Store) -> None:
+    tenant = await _tenant(store)
+    await _route(store, _event(tenant, b"m"), await _destination(store, tenant))
+    assert await store.deliveries.claim_due(now_ms=now_ms(), lease_ms=60_000, limit=10) == []
+    assert await store.deliveries.release_all_leases() == 1
+    claimed = await store.deliveries.claim_due(now_ms=now_ms(), lease_ms=60_000, limit=10)
+    assert len(claimed) == 1
+    assert await store.deliveries.claim_due(now_ms=now_ms(), lease_ms=60_000, limit=10) == []
+
+
+async def test_attempts_update_the_delivery_and_dead_letters_replay(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    await _route(store, _event(tenant, b"m"), dest)
+    (delivery,) = await store.deliveries.list_deliveries(tenant, DeliveryQuery())
+    attempt = Attempt(
+        id="att_1",
+        delivery_id=delivery.id,
+        tenant_id=tenant,
+        started_at_ms=now_ms(),
+        duration_ms=1.0,
+        outcome=AttemptOutcome.FAILED,
+        status_code=500,
+        error="HTTP 500",
+    )
+    await store.deliveries.record_attempts(
+        [
+            AttemptResult(
+                attempt=attempt,
+                delivery_status="dead",
+                next_attempt_at_ms=None,
+                last_error="HTTP 500",
+            )
+        ],
+        now_ms=now_ms(),
+    )
+    (dead,) = await store.deliveries.list_deliveries(tenant, DeliveryQuery(status="dead"))
+    assert dead.attempts == 1 and dead.last_error == "HTTP 500"
+    assert [a.status_code for a in await store.deliveries.list_attempts(tenant, [dead.id])] == [500]
+    assert await store.deliveries.replay_dead_letters(tenant, dest, now_ms=now_ms()) == 1
+    (again,) = await store.deliveries.claim_due(now_ms=now_ms(), lease_ms=1000, limit=10)
+    assert again.id == dead.id  # the same webhook-id
+
+
+async def test_replay_events_makes_new_deliveries(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    old = now_ms() - 10_000
+    await _route(store, _event(tenant, b"a", received_at_ms=old), dest)
+    await _route(store, _event(tenant, b"b"), dest)
+    count = await store.deliveries.replay_events(
+        tenant, since_ms=old - 1, until_ms=old + 1, destination_ids=[dest], now_ms=now_ms()
+    )
+    assert count == 1
+    assert len(await store.deliveries.list_deliveries(tenant, DeliveryQuery())) == 3
+
+
+async def test_disabling_dead_letters_pending(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    await _route(store, _event(tenant, b"m"), dest)
+    await store.destinations.set_destination_status(tenant, dest, DestinationStatus.DISABLED, "410")
+    assert await store.destinations.enabled_destinations([tenant]) == []
+    assert await store.deliveries.dead_letter_pending(tenant, dest, "410", now_ms=now_ms()) == 1
+
+
+async def test_usage_increments_add_up(store: Store) -> None:
+    tenant = await _tenant(store)
+    hour = now_ms() // 3_600_000 * 3_600_000
+    await store.usage.add_usage([UsageIncrement(tenant, hour, "events_accepted", 2)])
+    await store.usage.add_usage([UsageIncrement(tenant, hour, "events_accepted", 3)])
+    (row,) = await store.usage.usage_report(tenant, since_ms=None, until_ms=None)
+    assert row.value == 5
+
+
+async def test_purge_keeps_events_with_pending_deliveries(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    old = now_ms() - 2 * DAY_MS
+    pending = _event(tenant, b"p", received_at_ms=old)
+    await _route(store, pending, dest)
+    done = _event(tenant, b"d", received_at_ms=old)
+    await _route(store, done)
+    assert await store.events.purge(now_ms=now_ms(), events_before_ms=now_ms() - DAY_MS) == 1
+    assert await store.events.get_event(tenant, pending.id) is not None
+    assert await store.events.get_event(tenant, done.id) is None
