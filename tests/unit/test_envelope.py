@@ -86,3 +86,10 @@ async def test_a_process_with_stale_keys_reloads_on_a_newer_version(tmp_path: Pa
         assert await stale.decrypt(tenant, blob, b"p") == b"after rotation"
     finally:
         await store.aclose()
+
+
+async def test_nonces_never_repeat(envelope: Envelope) -> None:
+    """Pooled nonces: 10,000 encryptions, 10,000 distinct nonces (past a refill)."""
+    cipher = await envelope.cipher(TenantId("t"))
+    nonces = {cipher.encrypt(b"x", b"p")[5:17] for _ in range(10_000)}
+    assert len(nonces) == 10_000

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
+import itertools
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -57,19 +58,40 @@ _CLOUDEVENTS_BODY = {
 }
 
 
-class RequestIds:
-    """Pure ASGI middleware: a request id per request (X-Request-Id in and out), one log line."""
+Endpoint = Callable[[Request], Awaitable[Response]]
+_REQUEST_PREFIX = secrets.token_hex(4)
+_request_numbers = itertools.count(1)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+
+class Front:
+    """The outermost ASGI layer: request ids, and a short path for ingest.
+
+    Every request gets a request id (X-Request-Id in and out, bound in the logs and
+    named as `instance` in problem bodies). POSTs to the ingest endpoints go straight
+    to their handlers, skipping the framework's middleware stack: they are the hot
+    path, and they need nothing from it. Everything else is served by FastAPI.
+    """
+
+    def __init__(self, api: FastAPI, fast: dict[str, Endpoint]) -> None:
+        self.api = api
+        self.fast = fast
+
+    @property
+    def state(self) -> Any:
+        return self.api.state
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.api(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
         request_id = (
-            incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+            incoming
+            if 0 < len(incoming) <= 64 and incoming.isprintable()
+            else f"{_REQUEST_PREFIX}{next(_request_numbers):x}"
         )
         scope["tidegate.request_id"] = request_id
         status = 0
@@ -78,13 +100,26 @@ class RequestIds:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            await self.app(scope, receive, send_with_id)
+            endpoint = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+            if endpoint is None:
+                await self.api(scope, receive, send_with_id)
+            else:
+                request = Request(scope, receive)
+                try:
+                    response = await endpoint(request)
+                except TidegateError as exc:
+                    response = await problems.on_tidegate_error(request, exc)
+                except Exception as exc:  # noqa: BLE001 - rendered as a 500 and logged
+                    response = await problems.on_unexpected(request, exc)
+                await response(scope, receive, send_with_id)
         finally:
             if status >= 400:
                 log.info(
@@ -93,7 +128,7 @@ class RequestIds:
             structlog.contextvars.unbind_contextvars("request_id")
 
 
-def build_app(runtime: Runtime) -> FastAPI:
+def build_app(runtime: Runtime) -> Front:
     settings = runtime.settings
     worker: Worker | None = Worker(runtime) if "worker" in settings.roles else None
     draining = asyncio.Event()
@@ -135,7 +170,7 @@ def build_app(runtime: Runtime) -> FastAPI:
     for kind in sorted(TYPES):
         app.add_api_route(
             f"/v1/{kind}",
-            _bind_kind(segment, kind),
+            segment.single(kind),
             methods=["POST"],
             tags=["ingest"],
             summary=f"Segment {kind}",
@@ -150,9 +185,10 @@ def build_app(runtime: Runtime) -> FastAPI:
         summary="Segment batch",
         openapi_extra=_SEGMENT_BODY,
     )
+    cloudevents = CloudEventsEndpoint(ingestor)
     app.add_api_route(
         "/v1/cloudevents",
-        CloudEventsEndpoint(ingestor).receive,
+        cloudevents.receive,
         methods=["POST"],
         tags=["ingest"],
         summary="CloudEvents (structured, binary, batch)",
@@ -193,19 +229,12 @@ def build_app(runtime: Runtime) -> FastAPI:
             "/demo/webhook", receiver.recent, methods=["GET"], include_in_schema=False
         )
 
-    app.add_middleware(RequestIds)
     app.state.worker = worker
     app.state.runtime = runtime
-    return app
-
-
-def _bind_kind(segment: SegmentEndpoints, kind: str) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        request.path_params["kind"] = kind
-        return await segment.single(request)
-
-    endpoint.__name__ = f"segment_{kind}"
-    return endpoint
+    fast: dict[str, Endpoint] = {f"/v1/{kind}": segment.single(kind) for kind in TYPES}
+    fast["/v1/batch"] = segment.batch
+    fast["/v1/cloudevents"] = cloudevents.receive
+    return Front(app, fast)
 
 
 def _noop() -> None:

@@ -63,6 +63,7 @@ async def _serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=20,
         server_header=False,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handlers it found:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import secrets
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -33,6 +35,31 @@ from tidegate.model import TenantId
 
 _VERSION = 1
 _HEADER = struct.Struct(">BI")
+_NONCE_BYTES = 12
+_NONCES_PER_REFILL = 4096
+
+
+class _NoncePool(threading.local):
+    """Random 96-bit GCM nonces, drawn from the OS in 48 KiB refills.
+
+    One getrandom() call per 4,096 nonces instead of one per event (it showed as 10%
+    of ingest CPU). Per thread, so no two threads ever hand out the same bytes.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.position = 0
+
+    def take(self) -> bytes:
+        if self.position + _NONCE_BYTES > len(self.buffer):
+            self.buffer = os.urandom(_NONCE_BYTES * _NONCES_PER_REFILL)
+            self.position = 0
+        start = self.position
+        self.position = start + _NONCE_BYTES
+        return self.buffer[start : self.position]
+
+
+_nonces = _NoncePool()
 
 
 class WrappedKey(Protocol):
@@ -67,7 +94,7 @@ class TenantCipher:
         self._aad_prefix = tenant_id.encode() + b"\x00"
 
     def encrypt(self, plaintext: bytes, purpose: bytes) -> bytes:
-        nonce = secrets.token_bytes(12)
+        nonce = _nonces.take()
         header = _HEADER.pack(_VERSION, self._current)
         body = self._aeads[self._current].encrypt(nonce, plaintext, self._aad_prefix + purpose)
         return header + nonce + body

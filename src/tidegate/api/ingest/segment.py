@@ -7,6 +7,7 @@ message refuses the whole request and nothing is written.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,9 +102,14 @@ class SegmentEndpoints:
     def __init__(self, ingestor: Ingestor) -> None:
         self._ingestor = ingestor
 
-    async def single(self, request: Request) -> Response:
-        kind = request.path_params["kind"]
-        return await self._handle(request, kind)
+    def single(self, kind: str) -> Callable[[Request], Awaitable[Response]]:
+        """The handler of /v1/<kind> (track, identify, ...)."""
+
+        async def endpoint(request: Request) -> Response:
+            return await self._handle(request, kind)
+
+        endpoint.__name__ = f"segment_{kind}"
+        return endpoint
 
     async def batch(self, request: Request) -> Response:
         return await self._handle(request, None)
