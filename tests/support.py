@@ -135,6 +135,7 @@ class Tidegate:
             "TIDEGATE_DATA_DIR": str(data_dir),
             "TIDEGATE_REGION": region,
             "TIDEGATE_SSRF_ALLOW_CIDRS": "127.0.0.1/32",
+            "TIDEGATE_HTTPS_ONLY": "false",
             "TIDEGATE_PORT": str(self.port),
             "TIDEGATE_LOG_FORMAT": "json",
             **(extra_env or {}),

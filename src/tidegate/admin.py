@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidegate.errors import NotFound, ValidationFailed
+from tidegate.errors import MisdirectedRequest, NotFound, ValidationFailed
 from tidegate.ids import (
     credential_hash,
     new_api_key,
@@ -17,13 +17,16 @@ from tidegate.model import Destination, DestinationId, Source, Tenant, TenantId
 from tidegate.pipeline.retry import RetrySchedule
 from tidegate.pipeline.transform import Filter, Transform
 from tidegate.runtime import Runtime
+from tidegate.settings import Settings
 
 REGIONS = ("eu", "us")
 
 
 async def create_tenant(rt: Runtime, name: str, region: str) -> Tenant:
+    """A tenant pinned to `region`; only that region's cell may create (and hold) it."""
     if region not in REGIONS:
         raise ValidationFailed(f"region must be one of {', '.join(REGIONS)}")
+    check_region(rt.settings, region)
     if not name.strip() or len(name) > 200:
         raise ValidationFailed("tenant name must be 1-200 characters")
     tenant = Tenant(id=new_tenant_id(), name=name.strip(), region=region, created_at_ms=now_ms())
@@ -36,13 +39,26 @@ async def require_tenant(rt: Runtime, tenant_id: str) -> Tenant:
     tenant = await rt.store.tenants.get_tenant(TenantId(tenant_id))
     if tenant is None:
         raise NotFound(f"no tenant {tenant_id}")
+    check_region(rt.settings, tenant.region)
     return tenant
+
+
+def check_region(settings: Settings, region: str) -> None:
+    """A cell never writes a byte for a tenant pinned to another region: 421 instead."""
+    if region != settings.region:
+        endpoint = settings.endpoint_for(region)
+        raise MisdirectedRequest(
+            f"tenant is pinned to region {region!r}; this is the {settings.region!r} cell."
+            f" Send to {endpoint}",
+            region=region,
+            endpoint=endpoint,
+        )
 
 
 async def create_source(rt: Runtime, tenant_id: str, name: str) -> tuple[Source, str]:
     """A source and its write key (returned once; only its hash is stored)."""
     tenant = await require_tenant(rt, tenant_id)
-    write_key = new_write_key()
+    write_key = new_write_key(tenant.region)
     source = Source(id=new_source_id(), tenant_id=tenant.id, name=name, created_at_ms=now_ms())
     await rt.store.tenants.create_source(source, credential_hash(write_key))
     return source, write_key
@@ -50,7 +66,7 @@ async def create_source(rt: Runtime, tenant_id: str, name: str) -> tuple[Source,
 
 async def create_api_key(rt: Runtime, tenant_id: str, name: str) -> str:
     tenant = await require_tenant(rt, tenant_id)
-    key = new_api_key()
+    key = new_api_key(tenant.region)
     await rt.store.tenants.create_api_key(tenant.id, credential_hash(key), name)
     return key
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -65,6 +66,8 @@ class EmbeddedDatabase:
 
     def __init__(self, path: Path, schema: str, *, readers: int = 2) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():  # SQLite gives its -wal and -shm files the same mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.path = path
         bootstrap = connect(path)
         try:

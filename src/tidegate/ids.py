@@ -45,12 +45,21 @@ def new_attempt_id() -> str:
     return f"att_{uuid_utils.uuid7().hex}"
 
 
-def new_write_key() -> str:
-    return f"wk_{secrets.token_urlsafe(24)}"
+def new_write_key(region: str) -> str:
+    """`wk_<region>_<random>`: any cell can tell at once where the key belongs."""
+    return f"wk_{region}_{secrets.token_urlsafe(24)}"
 
 
-def new_api_key() -> str:
-    return f"tgk_{secrets.token_urlsafe(32)}"
+def new_api_key(region: str) -> str:
+    return f"tgk_{region}_{secrets.token_urlsafe(32)}"
+
+
+def credential_region(credential: str) -> str | None:
+    """The region a credential was minted in (`wk_eu_...` -> "eu"), if it names one."""
+    parts = credential.split("_", 2)
+    if len(parts) == 3 and parts[0] in ("wk", "tgk") and parts[1] in ("eu", "us"):
+        return parts[1]
+    return None
 
 
 def new_webhook_secret() -> str:

@@ -44,7 +44,7 @@ class Runtime:
 def open_runtime(settings: Settings) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.resolved_store_url)
-    key_ring = open_key_ring(settings.resolved_key_file)
+    key_ring = open_key_ring(settings.kms_url or settings.resolved_key_file)
     return Runtime(
         settings=settings,
         log=open_event_log(settings.resolved_log_url),

@@ -53,7 +53,12 @@ class Settings(BaseSettings):
         default=(), description="CIDRs exempt from SSRF checks (development and tests only)."
     )
     https_only: bool = Field(
-        default=False, description="Refuse http:// destinations (production setting)."
+        default=True,
+        description="Refuse http:// destinations. On by default; `serve --demo` and local"
+        " development turn it off.",
+    )
+    kms_url: str | None = Field(
+        default=None, description="AWS KMS key (kms://ARN); when unset, the local key file."
     )
     breaker_failures: int = Field(
         default=5, ge=1, description="Consecutive failures that open a breaker."

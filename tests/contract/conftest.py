@@ -1,21 +1,24 @@
 """Engine fixtures for the contract suites: every test runs unchanged on every engine.
 
-A new engine is one more entry in ENGINES (PostgreSQL and Kafka arrive with the
-production-engines issue).
+A new engine is one more entry in ENGINES (Kafka arrives with the production-engines
+issue). PostgreSQL tests each get a new, empty database on the server `tests/pg.py`
+finds or starts: the store's claims and lease releases are global, so tests must not
+share one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.pg import Databases, find_or_start_postgres, stop_postgres
 from tidegate.eventlog import EventLog, open_event_log
 from tidegate.store import Store, open_store
 
 LOG_ENGINES = ["sqlite"]
-STORE_ENGINES = ["sqlite"]
+STORE_ENGINES = ["sqlite", "postgres"]
 
 
 def log_url(engine: str, tmp_path: Path) -> str:
@@ -23,9 +26,30 @@ def log_url(engine: str, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/log.db"
 
 
-def store_url(engine: str, tmp_path: Path) -> str:
+def store_url(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if engine == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
     assert engine == "sqlite", engine
     return f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
+    """The PostgreSQL server (found or started once) and this run's databases on it."""
+    tmp_dir = tmp_path_factory.mktemp("postgres")
+    databases = Databases(find_or_start_postgres(tmp_dir))
+    yield databases
+    databases.drop_all()
+    stop_postgres(tmp_dir)
+
+
+@pytest.fixture
+def postgres_url(postgres: Databases) -> Iterator[str]:
+    """A new, empty database of this run, dropped after the test."""
+    url = postgres.create()
+    yield url
+    postgres.drop(url)
 
 
 @pytest.fixture(params=LOG_ENGINES)
@@ -46,6 +70,6 @@ async def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
 
 @pytest.fixture(params=STORE_ENGINES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(store_url(request.param, tmp_path))
+    s = open_store(store_url(request.param, request, tmp_path))
     yield s
     await s.aclose()

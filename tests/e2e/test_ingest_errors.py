@@ -204,11 +204,16 @@ def test_missing_message_id_is_assigned(tidegate: Tidegate) -> None:
 
 
 def test_other_region_tenant_gets_421_and_nothing_is_written(
-    tidegate: Tidegate, nothing_written: None
+    tidegate: Tidegate, tmp_path_factory: pytest.TempPathFactory, nothing_written: None
 ) -> None:
-    us = tidegate.tenant(region="us")
-    r = _post(tidegate, "/v1/track", _track(), key=us.write_key)
-    body = _problem(r, 421)
+    """A us tenant's credentials sent to the eu cell: 421 naming the us endpoint."""
+    us_cell = Tidegate(tmp_path_factory.mktemp("us") / "data", region="us").start()
+    try:
+        us = us_cell.tenant(region="us")
+    finally:
+        assert us_cell.stop() == 0
+    assert us.write_key.startswith("wk_us_")
+    body = _problem(_post(tidegate, "/v1/track", _track(), key=us.write_key), 421)
     assert body["region"] == "us" and "us" in str(body["endpoint"])
     r = requests.post(
         tidegate.base + "/v1/cloudevents",
@@ -218,6 +223,16 @@ def test_other_region_tenant_gets_421_and_nothing_is_written(
         timeout=10,
     )
     _problem(r, 421)
+    r = requests.get(
+        tidegate.base + "/v1/events", headers={"authorization": f"Bearer {us.api_key}"}, timeout=10
+    )
+    _problem(r, 421)
+
+
+def test_a_cell_refuses_to_create_another_regions_tenant(tidegate: Tidegate) -> None:
+    done = tidegate.cli("tenants", "create", "elsewhere", "--region", "us", check=False)
+    assert done.returncode == 1 and "pinned to region 'us'" in done.stderr
+    assert "elsewhere" not in {t["name"] for t in tidegate.cli("tenants", "list")}
 
 
 CE_BAD = {

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tidegate import telemetry
 from tidegate.api import problems
 from tidegate.api.auth import ApiKeys
 from tidegate.api.demo import DemoReceiver
@@ -116,6 +117,7 @@ class Front:
                 try:
                     response = await endpoint(request)
                 except TidegateError as exc:
+                    telemetry.REJECTED.labels(exc.code).inc()
                     response = await problems.on_tidegate_error(request, exc)
                 except Exception as exc:  # noqa: BLE001 - rendered as a 500 and logged
                     response = await problems.on_unexpected(request, exc)
@@ -165,6 +167,45 @@ def build_app(runtime: Runtime) -> Front:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, problems.on_unexpected)
 
+    fast = _mount_api(app, runtime, worker) if "api" in settings.roles else {}
+
+    async def livez(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        if draining.is_set():
+            return JSONResponse({"status": "draining"}, status_code=503)
+        try:
+            await runtime.store.ping()
+        except TidegateError as exc:
+            return JSONResponse({"status": "unavailable", "detail": exc.detail}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for path, endpoint in (("/livez", livez), ("/readyz", readyz), ("/metrics", metrics)):
+        app.add_api_route(
+            path, endpoint, methods=["GET"], tags=["operations"], include_in_schema=True
+        )
+
+    if settings.demo:
+        receiver = DemoReceiver(secret=None)
+        app.state.demo_receiver = receiver
+        app.add_api_route(
+            "/demo/webhook", receiver.receive, methods=["POST"], include_in_schema=False
+        )
+        app.add_api_route(
+            "/demo/webhook", receiver.recent, methods=["GET"], include_in_schema=False
+        )
+
+    app.state.worker = worker
+    app.state.runtime = runtime
+    return Front(app, fast)
+
+
+def _mount_api(app: FastAPI, runtime: Runtime, worker: Worker | None) -> dict[str, Endpoint]:
+    """The api role: ingest and the /v1 API. Returns the ingest fast paths for Front."""
     ingestor = Ingestor(runtime)
     segment = SegmentEndpoints(ingestor)
     for kind in sorted(TYPES):
@@ -199,42 +240,10 @@ def build_app(runtime: Runtime) -> Front:
         build_read_router(runtime, ApiKeys(runtime), worker.wake if worker else _noop)
     )
 
-    async def livez(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(_request: Request) -> Response:
-        if draining.is_set():
-            return JSONResponse({"status": "draining"}, status_code=503)
-        try:
-            await runtime.store.ping()
-        except TidegateError as exc:
-            return JSONResponse({"status": "unavailable", "detail": exc.detail}, status_code=503)
-        return JSONResponse({"status": "ready"})
-
-    async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    for path, endpoint in (("/livez", livez), ("/readyz", readyz), ("/metrics", metrics)):
-        app.add_api_route(
-            path, endpoint, methods=["GET"], tags=["operations"], include_in_schema=True
-        )
-
-    if settings.demo:
-        receiver = DemoReceiver(secret=None)
-        app.state.demo_receiver = receiver
-        app.add_api_route(
-            "/demo/webhook", receiver.receive, methods=["POST"], include_in_schema=False
-        )
-        app.add_api_route(
-            "/demo/webhook", receiver.recent, methods=["GET"], include_in_schema=False
-        )
-
-    app.state.worker = worker
-    app.state.runtime = runtime
     fast: dict[str, Endpoint] = {f"/v1/{kind}": segment.single(kind) for kind in TYPES}
     fast["/v1/batch"] = segment.batch
     fast["/v1/cloudevents"] = cloudevents.receive
-    return Front(app, fast)
+    return fast
 
 
 def _noop() -> None:

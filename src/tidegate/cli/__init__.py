@@ -6,6 +6,7 @@ import click
 
 from tidegate.cli.admin import apikeys, destinations, keys, sources, tenants
 from tidegate.cli.data import deliveries, events, replay, usage
+from tidegate.cli.migrate import migrate
 from tidegate.cli.serve import serve
 
 __all__ = ["main"]
@@ -30,6 +31,7 @@ for command in (
     deliveries,
     replay,
     usage,
+    migrate,
 ):
     cli.add_command(command)
 

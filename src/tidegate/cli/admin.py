@@ -74,10 +74,12 @@ def destinations() -> None:
 
 @destinations.command("create")
 @click.option("--tenant", required=True)
-@click.option("--url", required=True, help="https:// endpoint (checked against SSRF rules).")
+@click.option(
+    "--url", required=True, help="https:// endpoint (http:// only with TIDEGATE_HTTPS_ONLY=false)."
+)
 @click.option("--name")
 @click.option("--filter", "filter_expression", help="JMESPath expression selecting events.")
-@click.option("--transform", help="JSON transform spec (rename, drop, set, redact).")
+@click.option("--transform", help="JSON transform spec (rename, drop, set, keep, redact).")
 @click.option("--retry-schedule", help='e.g. "0,5s,30s,2m,15m,1h,2h*11" (default schedule).')
 @click.option("--no-retry-4xx", is_flag=True, help="Dead-letter at once on 4xx other than 408/429.")
 @click.option("--timeout", "timeout_s", type=float, help="Per-attempt timeout in seconds.")

@@ -171,7 +171,7 @@ def replay_event(event_id: str, tenant: str, destination_id: str | None, as_json
 @tenant_option
 @click.option("--destination", "destination_id", required=True)
 @click.option("--since", required=True, help="ISO 8601 or epoch ms, inclusive.")
-@click.option("--until", help="ISO 8601 or epoch ms, exclusive (default: now).")
+@click.option("--until", help="ISO 8601 or epoch ms, exclusive (default: no upper bound).")
 @json_option
 def replay_range(
     tenant: str, destination_id: str, since: str, until: str | None, as_json: bool

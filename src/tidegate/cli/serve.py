@@ -32,9 +32,11 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    if demo:
+    base = Settings()
+    if demo or base.demo:
+        # The demo destination is this process's own receiver on http://127.0.0.1.
         overrides["demo"] = True
-        base = Settings()
+        overrides["https_only"] = False
         overrides["ssrf_allow_cidrs"] = (*base.ssrf_allow_cidrs, "127.0.0.1/32")
     settings = Settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)

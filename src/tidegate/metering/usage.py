@@ -25,7 +25,6 @@ HOUR_MS = 3_600_000
 class Meter(StrEnum):
     EVENTS_ACCEPTED = "events_accepted"
     EVENTS_REJECTED = "events_rejected"
-    EVENTS_DUPLICATE = "events_duplicate"
     BYTES_INGESTED = "bytes_ingested"
     DELIVERIES_ATTEMPTED = "deliveries_attempted"
     DELIVERIES_SUCCEEDED = "deliveries_succeeded"

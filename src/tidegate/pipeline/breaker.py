@@ -64,6 +64,11 @@ class CircuitBreaker:
         self._cooldown = self._base_cooldown
         return recovered
 
+    def record_alive(self) -> None:
+        """The endpoint answered (not with a 5xx): consecutive failures start over."""
+        if self.state is BreakerState.CLOSED:
+            self._failures = 0
+
     def record_failure(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         if self.state is BreakerState.HALF_OPEN:

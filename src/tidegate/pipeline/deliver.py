@@ -197,6 +197,8 @@ class Dispatcher:
             outcome.status_code is None or outcome.status_code >= 500 or outcome.status_code == 429
         ):
             lane.breaker.record_failure()
+        else:
+            lane.breaker.record_alive()  # a 3xx/4xx answer: the endpoint is up
         await self._finish(delivery, outcome, cached, final=False)
 
     def _render(self, cached: _CachedDestination, loaded: Loaded) -> tuple[bytes, str]:

@@ -21,6 +21,7 @@ import os
 import secrets
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -33,6 +34,7 @@ from tidegate.errors import DecryptionFailed
 from tidegate.keys import KeyRing
 from tidegate.model import TenantId
 
+RELOAD_S = 60.0
 _VERSION = 1
 _HEADER = struct.Struct(">BI")
 _NONCE_BYTES = 12
@@ -127,19 +129,21 @@ class Envelope:
     def __init__(self, key_ring: KeyRing, keys: DataKeyStore) -> None:
         self._key_ring = key_ring
         self._keys = keys
-        self._ciphers: dict[TenantId, TenantCipher] = {}
+        self._ciphers: dict[TenantId, tuple[float, TenantCipher]] = {}
         self._lock = asyncio.Lock()
 
     async def cipher(self, tenant_id: TenantId) -> TenantCipher:
+        """The tenant's cipher; reloaded every minute, so a rotation made by another
+        process (the CLI) reaches new writes within `RELOAD_S` with no restart."""
         cached = self._ciphers.get(tenant_id)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         async with self._lock:
             cached = self._ciphers.get(tenant_id)
-            if cached is not None:
-                return cached
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
             cipher = await self._load(tenant_id)
-            self._ciphers[tenant_id] = cipher
+            self._ciphers[tenant_id] = (time.monotonic() + RELOAD_S, cipher)
             return cipher
 
     async def decrypt(self, tenant_id: TenantId, blob: bytes, purpose: bytes) -> bytes:

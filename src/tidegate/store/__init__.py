@@ -36,5 +36,11 @@ def open_store(url: str) -> Store:
             from tidegate.store.sqlite import SqliteStore
 
             return SqliteStore.from_url(url)
+        case "postgresql" | "postgres":
+            from tidegate.store.postgres import PostgresStore
+
+            return PostgresStore.from_url(url)
         case other:
-            raise ConfigError(f"TIDEGATE_STORE_URL: unsupported scheme {other!r} (sqlite)")
+            raise ConfigError(
+                f"TIDEGATE_STORE_URL: unsupported scheme {other!r} (sqlite, postgresql)"
+            )

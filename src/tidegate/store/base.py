@@ -196,7 +196,7 @@ class DeliveryStore(Protocol):
         destination_ids: Sequence[DestinationId],
         now_ms: int,
     ) -> int:
-        """New deliveries (new webhook-ids, `replay_of` set) for the chosen events."""
+        """New deliveries (new webhook-ids) of the chosen events to the destinations."""
         ...
 
     async def release_leases(self, delivery_ids: Sequence[DeliveryId]) -> None:

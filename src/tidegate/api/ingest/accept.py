@@ -9,9 +9,11 @@ from collections.abc import Sequence
 
 import msgspec
 
-from tidegate.errors import MisdirectedRequest, Unauthorized
+from tidegate import telemetry
+from tidegate.admin import check_region
+from tidegate.errors import Unauthorized
 from tidegate.eventlog import Record
-from tidegate.ids import credential_hash, new_event_id
+from tidegate.ids import credential_hash, credential_region, new_event_id
 from tidegate.metering import Meter
 from tidegate.model import EventBody, EventMeta, LogEntry, Source, Tenant, TenantId
 from tidegate.runtime import Runtime
@@ -58,6 +60,9 @@ class Ingestor:
         """The source and tenant of a write key; 401 if unknown, 421 if another region's."""
         if not write_key:
             raise Unauthorized("no write key: send it as the HTTP Basic username (empty password)")
+        minted_in = credential_region(write_key)
+        if minted_in is not None:
+            check_region(self._rt.settings, minted_in)  # 421 before any lookup
         digest = credential_hash(write_key)
         cached = self._sources.get(digest)
         now = time.monotonic()
@@ -72,19 +77,8 @@ class Ingestor:
             if len(self._sources) > 100_000:
                 self._sources.clear()
             self._sources[digest] = (now + _CACHE_TTL_S, source, tenant)
-        self.check_region(tenant)
+        check_region(self._rt.settings, tenant.region)
         return source, tenant
-
-    def check_region(self, tenant: Tenant) -> None:
-        region = self._rt.settings.region
-        if tenant.region != region:
-            endpoint = self._rt.settings.endpoint_for(tenant.region)
-            raise MisdirectedRequest(
-                f"tenant is pinned to region {tenant.region!r}; this is the {region!r} cell."
-                f" Send to {endpoint}",
-                region=tenant.region,
-                endpoint=endpoint,
-            )
 
     def reject(self, tenant_id: TenantId, count: int) -> None:
         self._rt.meter.add(tenant_id, Meter.EVENTS_REJECTED, count)
@@ -114,4 +108,5 @@ class Ingestor:
             size += len(event.payload)
         await self._rt.log.append(self._rt.topic, records)
         self._rt.meter.add(source.tenant_id, Meter.EVENTS_ACCEPTED, len(events))
+        telemetry.INGESTED.labels(events[0].kind).inc(len(events))
         self._rt.meter.add(source.tenant_id, Meter.BYTES_INGESTED, size)

@@ -45,7 +45,9 @@ def load_migrations(engine: str) -> list[Migration]:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise ConfigError(f"{engine} migrations are not numbered 1..N: {[m.version for m in found]}")
+        raise ConfigError(
+            f"{engine} migrations are not numbered 1..N: {[m.version for m in found]}"
+        )
     return found
 
 
