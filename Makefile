@@ -35,3 +35,8 @@ typecheck: $(VENV)/.test-deps
 
 clean:
 	rm -rf $(VENV) .tidegate .pytest_cache .mypy_cache .ruff_cache
+
+## make bench: Tidegate, a webhook receiver and a baseline app on 127.0.0.1; ~3 minutes.
+## Appends a section to docs/benchmarks.md and writes bench/results/<timestamp>.json.
+bench: $(VENV)/.test-deps
+	$(BIN)/python bench/run.py

@@ -1,0 +1,355 @@
+"""The Markdown report of one run, and docs/benchmarks.md (created with its header once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+_HEADER = """# Benchmarks
+
+What Tidegate sustains on one machine, measured by `bench/run.py`. Each section under
+"Runs" is one run, appended by the benchmark itself. Compare runs on the same machine
+only, and read every figure next to the baseline of the same run: the machines these
+runs use are shared and noisy, so absolute numbers drift from run to run; ratios measured
+within one run drift much less.
+
+## Command
+
+```sh
+make bench                            # = .venv/bin/python bench/run.py  (about 3 minutes)
+.venv/bin/python bench/run.py --quick # about 1 minute, shorter windows
+```
+
+`--rate`, `--e2e-seconds`, `--burst-seconds`, `--concurrency`, `--batch-concurrency`,
+`--read-rate`, `--no-docs`, `--keep-data`: see `bench/run.py --help`. Every run also
+writes every figure (and a 2-second timeline of scenario (c)) to
+`bench/results/<timestamp>.json` (git-ignored).
+
+## Method
+
+Everything runs on 127.0.0.1, each in its own process: `tidegate serve` (api and
+worker roles, embedded SQLite, in a fresh temporary data dir, log level warning), a
+webhook receiver (`bench/receiver.py`, aiohttp, answers 204 and records the arrival
+time of each messageId), a minimal ASGI app under uvicorn with httptools and uvloop
+(`bench/baseline_app.py`, answers `{"success":true}` and does nothing else), and the
+load generator (the `bench/run.py` process: aiohttp client on uvloop). Tenants, sources,
+API keys and the destination are created with the `tidegate` CLI.
+
+- **Baseline**: the minimal ASGI app under the same closed-loop generator as (a), run
+  just before and just after (a). It is the ceiling of this machine *with this
+  generator*: the generator and the server share the same cores, and on a 2-core
+  machine the generator (one Python process) usually saturates before the minimal app
+  does; windows where it did are flagged "generator-bound". (a) is reported as a ratio
+  to the mean of the two baseline runs.
+- **(a) single-event ingest**: `POST /v1/track`, closed loop (64 senders by default, each sends
+  its next request when the previous one is answered) for 10 s after a 2 s warm-up.
+  Events/s counts `200 {"success":true}` answers only; latencies are service times
+  under that saturation.
+- **(b) batched ingest**: `POST /v1/batch` with 100 track events per request, closed
+  loop (8 senders), 10 s. Latency is per request (100 events).
+- (a) and (b) use a tenant with no destination, so they measure ingest (and the router
+  storing the events). After each, the run sends a sentinel event and waits until the
+  read API lists it: "router catch-up" is how far storing lagged behind acknowledging.
+- **(c) end to end**: `POST /v1/track` **open loop** at a fixed rate (default 1,200
+  events/s for 20 s) to a second tenant with one webhook destination (the receiver).
+  Request *i* is due at t0 + i/rate whatever happened before; its latency is measured
+  from that intended send time, not from when it was sent, so stalls are counted rather
+  than hidden (no coordinated omission). Ingest→delivery latency is the receiver's
+  arrival time (time.time()) minus the intended send time, for each acknowledged event.
+  The generator's own lateness (dispatch lag) is reported so a saturated generator
+  cannot pass for a slow server. After sending stops the run waits up to 90 s (quick:
+  30 s) for the remaining deliveries: longer than Tidegate's 60 s delivery lease, so a
+  delivery that waits for its lease to lapse still arrives within the wait.
+- **Ledger (c)**: sent, acknowledged (200), errors, delivered (distinct messageIds
+  seen by the receiver), **lost = acknowledged - delivered** at the end of the wait.
+  If anything is missing, Tidegate's read API is asked where it is (deliveries still
+  pending or dead, event stored or not). A sample of deliveries is checked against the
+  destination secret (Standard Webhooks signature).
+- **Kept up?** Delivery kept pace with ingest when the delivery rate while sending is at
+  least 0.9 of the ack rate and the delivery p50 of the last 2-second slice of send
+  times is not more than twice (and 0.5 s above) that of the first.
+- **(d) read API**: `GET /v1/events?limit=20` with the API key, open loop at 20 req/s,
+  while (c) runs.
+- The scenarios run in this order against one Tidegate process: (c) and (d) run
+  against a store that already holds the events of (a) and (b).
+- **Resources**: CPU seconds of each process from `/proc/<pid>/stat` (utime + stime)
+  over each measured window, machine busy and steal % from `/proc/stat` ("other
+  processes" = machine busy minus this run's processes: the noise of a shared
+  machine), Tidegate's peak resident memory from `/proc/<pid>/status` (VmHWM).
+- Percentiles are nearest-rank over every sample (no histogram buckets); a percentile
+  the sample count cannot resolve (p99.9 of fewer than 1,000 samples) is shown as "n/a".
+
+"""
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _lat(summary: dict[str, Any]) -> str:
+    return " | ".join(_n(summary.get(k), 1) for k in ("p50", "p95", "p99", "p99_9", "max"))
+
+
+def _errors(scenario: dict[str, Any]) -> str:
+    errors: dict[str, int] = scenario.get("errors", {})
+    total = sum(errors.values()) + int(scenario.get("unfinished", 0))
+    if not total:
+        return "0"
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+    if scenario.get("unfinished"):
+        detail += f", unfinished: {scenario['unfinished']}"
+    return f"**{total}** ({detail})"
+
+
+def _res(scenario: dict[str, Any], name: str) -> dict[str, Any]:
+    resources: dict[str, Any] = scenario.get("resources", {})
+    value: dict[str, Any] = resources.get(name, {})
+    return value
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    total = "?"
+    for line in str(machine.get("free_g", "")).splitlines():
+        if line.startswith("Mem:"):
+            total = line.split()[1]
+    return (
+        f"{machine.get('nproc')} x {machine.get('cpu_model')}, {total} GiB RAM, "
+        f"Python {machine.get('python')}, {machine.get('event_loop')}, "
+        f"kernel {machine.get('kernel')}, load average at start "
+        f"{' '.join(machine.get('loadavg_at_start', []))}"
+    )
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    s: dict[str, Any] = doc.get("scenarios", {})
+    plan = doc["plan"]
+    commit = (doc.get("commit") or "unknown")[:12]
+    lines = [
+        f"### {doc['started_utc'].replace('T', ' ').replace('+00:00', ' UTC')}"
+        f" · `{doc['command']}` · HEAD {commit}",
+        "",
+        f"Machine: {machine_line(doc['machine'])}.",
+        "",
+    ]
+    if doc.get("failure"):
+        lines += [f"**Run failed**: {doc['failure']}", ""]
+    lines += [
+        "| Scenario | Load | Throughput | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | Errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    base_rates = [s[k]["events_per_s"] for k in ("baseline_before", "baseline_after") if k in s]
+    base = sum(base_rates) / len(base_rates) if base_rates else None
+    for key, label in (("baseline_before", "before"), ("baseline_after", "after")):
+        if key in s:
+            b = s[key]
+            lines.append(
+                f"| Baseline: minimal ASGI app ({label} (a)) | closed, {plan['concurrency']}"
+                f" senders, {plan['burst_s']:g} s | {_n(b['requests_per_s'])} req/s"
+                f" | {_lat(b['latency_ms'])} | {_errors(b)} |"
+            )
+    if "a_track" in s:
+        a = s["a_track"]
+        ratio = f" = **{a['events_per_s'] / base:.2f}x** baseline" if base else ""
+        lines.append(
+            f"| (a) `POST /v1/track`, ack | closed, {plan['concurrency']} senders,"
+            f" {plan['burst_s']:g} s | {_n(a['events_per_s'])} events/s{ratio}"
+            f" | {_lat(a['latency_ms'])} | {_errors(a)} |"
+        )
+    if "b_batch" in s:
+        b = s["b_batch"]
+        lines.append(
+            f"| (b) `POST /v1/batch` x{plan['batch_size']}, per request | closed,"
+            f" {plan['batch_concurrency']} senders, {plan['burst_s']:g} s"
+            f" | {_n(b['events_per_s'])} events/s ({_n(b['requests_per_s'])} req/s)"
+            f" | {_lat(b['latency_ms'])} | {_errors(b)} |"
+        )
+    if "c_e2e" in s:
+        c = s["c_e2e"]
+        ledger = c["ledger"]
+        lines.append(
+            f"| (c) `POST /v1/track`, ack from intended send | open, {_n(plan['rate'])}"
+            f" events/s, {plan['e2e_s']:g} s | {_n(c['events_per_s'])} events/s acked"
+            f" | {_lat(c['ack_latency_ms'])} | {_errors(c)} |"
+        )
+        lines.append(
+            f"| (c) ingest → delivery (receiver arrival - intended send) | same"
+            f" | {_n(ledger['delivered'])} of {_n(ledger['acknowledged'])} delivered"
+            f" | {_lat(c['delivery_latency_ms'])} | lost **{ledger['lost']}** |"
+        )
+    if "d_read" in s:
+        d = s["d_read"]
+        lines.append(
+            f"| (d) `GET /v1/events?limit=20` during (c) | open, {plan['read_rate']:g} req/s,"
+            f" {plan['e2e_s']:g} s | {_n(d['requests_per_s'], 1)} req/s"
+            f" | {_lat(d['latency_ms'])} | {_errors(d)} |"
+        )
+    lines.append("")
+    if "c_e2e" in s:
+        c = s["c_e2e"]
+        ledger = c["ledger"]
+        drain = c["drain"]
+        lines += [
+            f"Ledger (c): sent {_n(ledger['sent'])} · acknowledged {_n(ledger['acknowledged'])}"
+            f" · errors {ledger['errors']} · unfinished {ledger['unfinished']}"
+            f" · delivered {_n(ledger['delivered'])} · **lost {ledger['lost']}**"
+            f" · duplicate deliveries {ledger['duplicate_deliveries']}"
+            f" · delivered but not acknowledged {ledger['delivered_but_not_acknowledged']}."
+            f" {_n(c['delivered_at_end_of_sending'])} were delivered when sending stopped;"
+            f" the rest took {drain['waited_s']} s (limit {drain['limit_s']:g} s)."
+            f" Delivery rate: {_n(c['delivery_rate_while_sending_per_s'])}/s while sending,"
+            f" {_n(drain['delivery_rate_per_s'])}/s after."
+            f" Generator dispatch lag p99 {_n(c['dispatch_lag_ms'].get('p99'), 1)} ms,"
+            f" max {_n(c['dispatch_lag_ms'].get('max'), 1)} ms.",
+            "",
+        ]
+        verdict = c.get("verdict", {})
+        signatures = c.get("signatures", {})
+        if verdict:
+            lines += [
+                f"Did delivery keep up at {_n(plan['rate'])} events/s? "
+                f"**{'yes' if verdict['kept_up'] else 'no'}**: delivered/acked rate while"
+                f" sending {verdict['delivery_to_ack_rate_ratio']}, delivery p50"
+                f" {_n(verdict['first_slice_p50_ms'])} ms in the first 2 s slice,"
+                f" {_n(verdict['last_slice_p50_ms'])} ms in the last."
+                f" Signatures: {signatures.get('verified', 0)} of"
+                f" {signatures.get('checked', 0)} sampled deliveries verify"
+                " (Standard Webhooks).",
+                "",
+            ]
+        means = c.get("tidegate_histogram_means_ms", {})
+        if means:
+            lines += [
+                "Tidegate's own histograms over (c) and the wait after it: "
+                + ", ".join(
+                    f"`{k}` mean {_n(v['mean_ms'], 1)} ms over {_n(v['observations'])} observations"
+                    for k, v in sorted(means.items())
+                )
+                + ".",
+                "",
+            ]
+        accounting = c.get("lost_accounting", {})
+        if accounting:
+            late = ""
+            if ledger["lost"] and accounting.get("deliveries_pending"):
+                late = (
+                    f" The {ledger['lost']} not delivered within the wait are late rather"
+                    " than dropped if Tidegate still lists them as pending."
+                )
+            lines += [
+                "Tidegate's own view at the end (read API): "
+                + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in accounting.items())
+                + "."
+                + late,
+                "",
+            ]
+        buckets = c.get("timeline_2s", [])
+        if buckets:
+            lines += [
+                "(c) ingest → delivery p50 / p99 by 2-second slice of intended send time (s): "
+                + ", ".join(
+                    f"{_n(b['delivery_p50_ms'] and b['delivery_p50_ms'] / 1000, 2)}"
+                    f" / {_n(b['delivery_p99_ms'] and b['delivery_p99_ms'] / 1000, 2)}"
+                    for b in buckets
+                )
+                + ".",
+                "",
+            ]
+    catch = [
+        f"{label} {s[k].get('router_catch_up_s')} s"
+        for k, label in (("a_track", "(a)"), ("b_batch", "(b)"))
+        if k in s
+    ]
+    if catch:
+        lines += [
+            "Router catch-up (acknowledged → listed by the read API, after the scenario): "
+            + ", ".join(catch)
+            + " (None = not within the limit).",
+            "",
+        ]
+    rows = [
+        ("baseline_before", "Baseline (before)", "baseline"),
+        ("a_track", "(a) track", "tidegate"),
+        ("baseline_after", "Baseline (after)", "baseline"),
+        ("b_batch", "(b) batch", "tidegate"),
+        ("c_e2e", "(c)+(d) end to end, while sending", "tidegate"),
+        ("c_drain", "(c) after sending: remaining deliveries", "tidegate"),
+    ]
+    if "c_e2e" in s:
+        drain = s["c_e2e"]["drain"]
+        s = {
+            **s,
+            "c_drain": {
+                "resources": drain["resources"],
+                "events_acked": drain["delivered_during_drain"],
+            },
+        }
+    table = [
+        "| Window | Server CPU s (% of one core) | Server CPU ms / 1k events"
+        " | Generator % core | Receiver % core | Other processes % core"
+        " | Machine busy % (all cores) | Steal % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, server in rows:
+        if key not in s:
+            continue
+        sc = s[key]
+        srv = _res(sc, server)
+        events = sc.get("events_acked") or 0
+        per_k = 1000 * srv.get("cpu_s", 0) * 1000 / events if events else None
+        table.append(
+            f"| {label} | {_n(srv.get('cpu_s'), 1)} ({_n(srv.get('cpu_pct_of_one_core'))}%)"
+            f" | {_n(per_k, 0)} | {_n(_res(sc, 'load_generator').get('cpu_pct_of_one_core'))}"
+            f" | {_n(_res(sc, 'receiver').get('cpu_pct_of_one_core'))}"
+            f" | {_n(_res(sc, 'machine').get('others_pct_of_one_core'))}"
+            f" | {_n(_res(sc, 'machine').get('busy_pct'), 1)}"
+            f" | {_n(_res(sc, 'machine').get('steal_pct'), 1)} |"
+        )
+    lines += [*table, ""]
+    bound = [
+        label
+        for key, label, _server in rows
+        if key in s and (_res(s[key], "load_generator").get("cpu_pct_of_one_core") or 0) >= 90
+    ]
+    if bound:
+        lines += [
+            "Generator-bound windows (the load generator used >= 90% of a core, so these"
+            " figures are the generator's limit, not the server's): " + ", ".join(bound) + ".",
+            "",
+        ]
+    tg = doc.get("tidegate", {})
+    mem = tg.get("memory_mib", {})
+    log = tg.get("log", {})
+    levels = log.get("by_level", {})
+    lines += [
+        f"Tidegate process: peak RSS (VmHWM) {_n(mem.get('VmHWM'), 1)} MiB, RSS at end"
+        f" {_n(mem.get('VmRSS'), 1)} MiB, CPU {_n(tg.get('pid_cpu_s_total'), 1)} s over the"
+        f" whole run; SIGTERM → exit code {tg.get('sigterm_exit_code')} after"
+        f" {tg.get('sigterm_stop_s')} s; log: {levels.get('warning', 0)} warnings,"
+        f" {levels.get('error', 0)} errors, {log.get('non_json_lines', 0)} other lines."
+        f" Run took {doc.get('elapsed_s')} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def append_to_docs(path: Path, doc: dict[str, Any], section: str) -> None:
+    if not path.exists():
+        machine = doc["machine"]
+        header = (
+            _HEADER
+            + "## Machine\n\n"
+            + "The machine of the first run (each run repeats its own in one line):\n\n"
+            + f"- `nproc`: {machine['nproc']}\n"
+            + f"- CPU (`/proc/cpuinfo` model name): {machine['cpu_model']}\n"
+            + f"- Python {machine['python']}, kernel {machine['kernel']}\n"
+            + "- `free -g`:\n\n```\n"
+            + str(machine["free_g"])
+            + "\n```\n\n## Runs\n"
+        )
+        path.write_text(header)
+    with path.open("a") as handle:
+        handle.write("\n" + section + "\n")

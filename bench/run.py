@@ -1,0 +1,692 @@
+"""Tidegate benchmark: one command, one run, every figure measured side by side.
+
+    .venv/bin/python bench/run.py            # ~3 minutes (what `make bench` runs)
+    .venv/bin/python bench/run.py --quick    # ~1 minute
+
+Starts, each in its own process on 127.0.0.1: `tidegate serve` in a fresh temp data
+dir, a webhook receiver (bench/receiver.py) and a minimal ASGI app under uvicorn
+(bench/baseline_app.py, the machine's ceiling). The load generator runs here.
+
+Scenarios:
+  baseline  the minimal app, closed loop, same generator as (a); run before and after (a)
+  (a)       POST /v1/track, closed loop, N concurrent senders
+  (b)       POST /v1/batch (100 events/request), closed loop
+  (c)       POST /v1/track, open loop at a fixed rate, to a tenant with a webhook
+            destination: ack latency and ingest->delivery latency, ledger, lost events
+  (d)       GET /v1/events?limit=20 at ~20 req/s while (c) runs
+
+(a) and (b) use a tenant without destinations, so they measure the ingest path (plus
+the router storing the events); (c) uses a second tenant with one destination.
+After (a) and (b) the run waits until the router has stored everything (a sentinel
+event shows up in the read API) so their backlog does not leak into the next scenario.
+
+Writes bench/results/<timestamp>.json and appends a section to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import loadgen
+import procstat
+import report
+import services
+from common import free_port, loop_name, run_async
+from stats import summarize_ms
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    warmup_s: float
+    burst_s: float
+    concurrency: int
+    batch_concurrency: int
+    batch_size: int
+    rate: float
+    e2e_s: float
+    read_rate: float
+    drain_s: float
+    catchup_s: float
+
+    @staticmethod
+    def from_args(args: argparse.Namespace) -> Plan:
+        quick = bool(args.quick)
+        return Plan(
+            quick=quick,
+            warmup_s=1.0 if quick else 2.0,
+            burst_s=args.burst_seconds or (4.0 if quick else 10.0),
+            concurrency=args.concurrency,
+            batch_concurrency=args.batch_concurrency,
+            batch_size=100,
+            rate=args.rate,
+            e2e_s=args.e2e_seconds or (10.0 if quick else 20.0),
+            read_rate=args.read_rate,
+            # > Tidegate's 60 s delivery lease, so "late" is not mistaken for "lost"
+            drain_s=30.0 if quick else 90.0,
+            catchup_s=30.0 if quick else 45.0,
+        )
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+class Window:
+    """CPU of every process (and the machine) over one measured window."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._meter = procstat.ProcessMeter(pids)
+
+    def __enter__(self) -> Window:
+        self._meter.start(time.monotonic())
+        self.resources: dict[str, object] = {}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.resources = self._meter.stop(time.monotonic())
+
+
+def ensure_alive(service: services.Service, stage: str) -> None:
+    if not service.alive():
+        code = service.proc.poll() if service.proc else None
+        raise RuntimeError(f"{service.name} exited during {stage} (exit code {code})")
+
+
+async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
+    return await asyncio.wait_for(awaitable, timeout=timeout_s)
+
+
+def closed_summary(result: loadgen.Result, resources: dict[str, object]) -> dict[str, Any]:
+    return {
+        "mode": result.mode,
+        "offered": result.offered,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "requests_sent": result.requests_sent,
+        "requests_ok": result.requests_ok,
+        "requests_per_s": round(result.requests_per_s, 1),
+        "events_sent": result.events_sent,
+        "events_acked": result.events_acked,
+        "events_per_s": round(result.events_per_s, 1),
+        "errors": dict(result.errors),
+        "unfinished": result.unfinished,
+        "latency_ms": summarize_ms(result.latencies_s),
+        "resources": resources,
+    }
+
+
+async def catch_up(
+    http: aiohttp.ClientSession,
+    base: str,
+    tenant: services.Tenant,
+    sentinel: str,
+    timeout_s: float,
+) -> float | None:
+    """Send a sentinel event; seconds until the read API lists it (the router has stored
+    everything sent before it), or None if it did not within `timeout_s`."""
+    target = loadgen.track_target(base, tenant.write_key, sentinel)
+    request = target.make(0)
+    async with http.post(target.url, data=request.body, headers=target.headers) as response:
+        if response.status != 200:
+            return None
+    (message_id,) = request.message_ids
+    started = time.perf_counter()
+    headers = {"authorization": f"Bearer {tenant.api_key}"}
+    while time.perf_counter() - started < timeout_s:
+        async with http.get(base + "/v1/events?limit=5", headers=headers) as response:
+            if response.status == 200:
+                page = await response.json()
+                if any(e.get("message_id") == message_id for e in page.get("data", [])):
+                    return round(time.perf_counter() - started, 2)
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def receiver_counts(
+    http: aiohttp.ClientSession, receiver: services.Service, prefix: str, full: bool = False
+) -> dict[str, Any]:
+    params = {"prefix": prefix, **({"full": "1"} if full else {})}
+    async with http.get(
+        receiver.base + "/stats", params=params, timeout=aiohttp.ClientTimeout(total=30)
+    ) as response:
+        data: dict[str, Any] = await response.json()
+        return data
+
+
+async def wait_delivered(
+    http: aiohttp.ClientSession,
+    receiver: services.Service,
+    prefix: str,
+    expected: int,
+    timeout_s: float,
+) -> tuple[int, float]:
+    """Poll the receiver until `expected` distinct messageIds with `prefix` arrived, or
+    `timeout_s` passed. Returns (delivered, seconds waited)."""
+    started = time.perf_counter()
+    delivered = 0
+    while True:
+        delivered = int((await receiver_counts(http, receiver, prefix))["unique"])
+        waited = time.perf_counter() - started
+        if delivered >= expected or waited >= timeout_s:
+            return delivered, round(waited, 2)
+        await asyncio.sleep(0.25)
+
+
+async def scrape_metrics(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """Tidegate's counters (*_total) and histogram sums and counts from /metrics."""
+    async with http.get(base + "/metrics") as response:
+        text = await response.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        bare = name.split("{", 1)[0]
+        if bare.startswith("tidegate_") and bare.endswith(("_total", "_sum", "_count")):
+            out[name] = float(value)
+    return out
+
+
+def histogram_means_ms(delta: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Mean (ms) and observation count of each Tidegate histogram over a window."""
+    out: dict[str, dict[str, float]] = {}
+    for name, count in delta.items():
+        if name.endswith("_count") and count:
+            base = name.removesuffix("_count")
+            mean = round(1000 * delta.get(base + "_sum", 0.0) / count, 2)
+            out[base] = {"mean_ms": mean, "observations": int(count)}
+    return out
+
+
+async def count_pages(
+    http: aiohttp.ClientSession,
+    url: str,
+    api_key: str,
+    collect: str | None = None,
+    max_pages: int = 200,
+) -> tuple[int, set[str], bool]:
+    """Page through a read-API list (500 per page, at most `max_pages`): the number of
+    rows, the values of field `collect`, and whether the listing was complete."""
+    headers = {"authorization": f"Bearer {api_key}"}
+    rows = 0
+    values: set[str] = set()
+    cursor: str | None = None
+    for _ in range(max_pages):
+        params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+        async with http.get(
+            url, params=params, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+        ) as response:
+            if response.status != 200:
+                return rows, values, False
+            page = await response.json()
+        rows += len(page["data"])
+        if collect is not None:
+            values.update(str(row.get(collect)) for row in page["data"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return rows, values, True
+    return rows, values, False
+
+
+async def account_for_missing(
+    http: aiohttp.ClientSession, base: str, tenant: services.Tenant, missing: set[str]
+) -> dict[str, Any]:
+    """Where undelivered events are, according to Tidegate's own read API: deliveries
+    still pending or dead for the tenant, and whether the events were stored at all."""
+    out: dict[str, Any] = {}
+    for status in ("pending", "dead"):
+        count, _, complete = await count_pages(
+            http, f"{base}/v1/deliveries?status={status}", tenant.api_key
+        )
+        out[f"deliveries_{status}"] = count if complete else f">={count}"
+    if missing:
+        _, stored_ids, complete = await count_pages(
+            http, f"{base}/v1/events", tenant.api_key, collect="message_id"
+        )
+        out["missing_but_stored_as_events"] = len(missing & stored_ids)
+        out["missing_and_not_stored"] = len(missing - stored_ids)
+        out["event_listing_complete"] = complete
+    return out
+
+
+def verify_signatures(samples: list[dict[str, Any]], secret: str | None) -> dict[str, Any]:
+    """Check the Standard Webhooks signature of the receiver's sample deliveries."""
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    if secret is None:
+        return {"checked": 0, "verified": 0}
+    hook = Webhook(secret)
+    verified = 0
+    failures: list[str] = []
+    for sample in samples:
+        try:
+            hook.verify(sample["body"].encode(), sample["headers"])
+            verified += 1
+        except WebhookVerificationError as exc:
+            failures.append(str(exc))
+    return {"checked": len(samples), "verified": verified, "failures": failures[:5]}
+
+
+def keeps_up(c: dict[str, Any]) -> dict[str, Any]:
+    """Did delivery keep pace with ingest at this rate? Compare the delivery rate while
+    sending with the ack rate, and the delivery latency of the first and last slices."""
+    slices = [b for b in c["timeline_2s"] if b["delivery_p50_ms"] is not None]
+    first = slices[0]["delivery_p50_ms"] if slices else None
+    last = slices[-1]["delivery_p50_ms"] if slices else None
+    rate_ratio = (
+        c["delivery_rate_while_sending_per_s"] / c["events_per_s"] if c["events_per_s"] else 0
+    )
+    growing = first is not None and last is not None and last > max(2 * first, first + 500)
+    return {
+        "delivery_to_ack_rate_ratio": round(rate_ratio, 2),
+        "first_slice_p50_ms": first,
+        "last_slice_p50_ms": last,
+        "kept_up": rate_ratio >= 0.9 and not growing,
+    }
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+def timeline(
+    result: loadgen.Result, e2e: dict[str, float], bucket_s: float
+) -> list[dict[str, Any]]:
+    """Per time bucket of intended send time: events, ack p50/p99, delivery p50/p99 (ms)."""
+    if not result.acked_intended_wall:
+        return []
+    t0 = result.started_wall
+    buckets: dict[int, list[str]] = {}
+    for mid, intended in result.acked_intended_wall.items():
+        buckets.setdefault(int((intended - t0) // bucket_s), []).append(mid)
+    rows = []
+    for index in sorted(buckets):
+        ids = buckets[index]
+        delivery = [e2e[m] for m in ids if m in e2e]
+        summary = summarize_ms(delivery)
+        rows.append(
+            {
+                "from_s": round(index * bucket_s, 1),
+                "acked": len(ids),
+                "delivered": len(delivery),
+                "delivery_p50_ms": summary["p50"],
+                "delivery_p99_ms": summary["p99"],
+            }
+        )
+    return rows
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+async def measure(
+    plan: Plan,
+    run_id: str,
+    tg: services.Service,
+    rc: services.Service,
+    bl: services.Service,
+    ingest: services.Tenant,
+    e2e: services.Tenant,
+    out: dict[str, Any],
+) -> None:
+    """Run every scenario, filling `out` as it goes (a failure keeps what was measured)."""
+    pids = {"tidegate": tg.pid, "receiver": rc.pid, "baseline": bl.pid}
+    async with contextlib.AsyncExitStack() as stack:
+        control = await stack.enter_async_context(loadgen.session(8))
+        burst = await stack.enter_async_context(loadgen.session(plan.concurrency))
+        ingest_http = await stack.enter_async_context(loadgen.session(256))
+        read_http = await stack.enter_async_context(loadgen.session(16))
+
+        async def closed(
+            name: str, target: loadgen.Target, concurrency: int, duration_s: float
+        ) -> tuple[loadgen.Result, dict[str, object]]:
+            await loadgen.closed_loop(
+                burst,
+                target,
+                name=f"{name}-warmup",
+                concurrency=concurrency,
+                duration_s=plan.warmup_s,
+            )
+            with Window(pids) as window:
+                result = await loadgen.closed_loop(
+                    burst, target, name=name, concurrency=concurrency, duration_s=duration_s
+                )
+            for service in (tg, rc, bl):
+                ensure_alive(service, name)
+            print(
+                f"  {name}: {result.events_per_s:,.0f} events/s, "
+                f"p99 {summarize_ms(result.latencies_s)['p99']} ms, errors {dict(result.errors)}",
+                flush=True,
+            )
+            return result, window.resources
+
+        # baseline before (a)
+        print("baseline (minimal ASGI app), before (a)", flush=True)
+        bl_target = loadgen.track_target(bl.base, "baseline", f"{run_id}-bl")
+        r, res = await closed("baseline_before", bl_target, plan.concurrency, plan.burst_s)
+        out["baseline_before"] = closed_summary(r, res)
+
+        # (a) single-event ingest
+        print("(a) POST /v1/track, closed loop", flush=True)
+        a_target = loadgen.track_target(tg.base, ingest.write_key, f"{run_id}-a")
+        r, res = await closed("a_track", a_target, plan.concurrency, plan.burst_s)
+        out["a_track"] = closed_summary(r, res)
+        with Window(pids) as window:
+            out["a_track"]["router_catch_up_s"] = await catch_up(
+                control, tg.base, ingest, f"{run_id}-sentinel-a", plan.catchup_s
+            )
+        out["a_track"]["catch_up_resources"] = window.resources
+        print(f"  router caught up after {out['a_track']['router_catch_up_s']} s", flush=True)
+
+        # baseline after (a): brackets (a) against drift of a shared machine
+        print("baseline (minimal ASGI app), after (a)", flush=True)
+        r, res = await closed("baseline_after", bl_target, plan.concurrency, plan.burst_s)
+        out["baseline_after"] = closed_summary(r, res)
+
+        # (b) batched ingest
+        print(f"(b) POST /v1/batch x{plan.batch_size}, closed loop", flush=True)
+        b_target = loadgen.batch_target(tg.base, ingest.write_key, f"{run_id}-b", plan.batch_size)
+        r, res = await closed("b_batch", b_target, plan.batch_concurrency, plan.burst_s)
+        out["b_batch"] = closed_summary(r, res)
+        with Window(pids) as window:
+            out["b_batch"]["router_catch_up_s"] = await catch_up(
+                control, tg.base, ingest, f"{run_id}-sentinel-b", plan.catchup_s
+            )
+        out["b_batch"]["catch_up_resources"] = window.resources
+        print(f"  router caught up after {out['b_batch']['router_catch_up_s']} s", flush=True)
+
+        # (c) + (d): end to end at a fixed rate, with reads alongside
+        print(f"(c) open loop {plan.rate:g} events/s for {plan.e2e_s:g} s, + (d) reads", flush=True)
+        c_target = loadgen.track_target(tg.base, e2e.write_key, f"{run_id}-c")
+        warm_prefix = f"{run_id}-cw"
+        warm = await loadgen.open_loop(
+            ingest_http,
+            loadgen.track_target(tg.base, e2e.write_key, warm_prefix),
+            name="c_warmup",
+            rate=plan.rate,
+            duration_s=min(1.0, plan.e2e_s),
+        )
+        warm_delivered, warm_wait = await wait_delivered(
+            control, rc, warm_prefix, warm.events_acked, 30
+        )
+        d_target = loadgen.get_target(
+            tg.base + "/v1/events?limit=20",
+            {"authorization": f"Bearer {e2e.api_key}"},
+            lambda status, body: status == 200 and body.startswith(b'{"data":['),
+        )
+        metrics_before = await scrape_metrics(control, tg.base)
+        with Window(pids) as window:
+            c, d = await asyncio.gather(
+                loadgen.open_loop(
+                    ingest_http,
+                    c_target,
+                    name="c_e2e",
+                    rate=plan.rate,
+                    duration_s=plan.e2e_s,
+                    keep_ids=True,
+                ),
+                loadgen.open_loop(
+                    read_http, d_target, name="d_read", rate=plan.read_rate, duration_s=plan.e2e_s
+                ),
+            )
+        c_resources = window.resources
+        for service in (tg, rc, bl):
+            ensure_alive(service, "(c)")
+        prefix = f"{run_id}-c-"
+        at_end = await receiver_counts(control, rc, prefix)
+        with Window(pids) as window:
+            delivered, drain_wait = await wait_delivered(
+                control, rc, prefix, c.events_acked, plan.drain_s
+            )
+        drain_resources = window.resources
+        metrics_after = await scrape_metrics(control, tg.base)
+        full = await receiver_counts(control, rc, prefix, full=True)
+        missing = {m for m in c.acked_intended_wall if m not in full["arrivals"]}
+        accounting = await account_for_missing(control, tg.base, e2e, missing)
+
+    arrivals: dict[str, float] = full["arrivals"]
+    acked = c.acked_intended_wall
+    e2e_latency = {m: arrivals[m] - t for m, t in acked.items() if m in arrivals}
+    delivered_acked = len(e2e_latency)
+    delivered_unacked = sorted(m for m in arrivals if m not in acked)
+    lost_ids = sorted(m for m in acked if m not in arrivals)
+    out["c_e2e"] = {
+        **closed_summary(c, c_resources),
+        "ack_latency_ms": summarize_ms(c.latencies_s),
+        "dispatch_lag_ms": summarize_ms(c.dispatch_lag_s),
+        "delivery_latency_ms": summarize_ms(list(e2e_latency.values())),
+        "ledger": {
+            "sent": c.events_sent,
+            "acknowledged": c.events_acked,
+            "errors": sum(c.errors.values()),
+            "unfinished": c.unfinished,
+            "delivered": delivered_acked,
+            "lost": c.events_acked - delivered_acked,
+            "delivered_but_not_acknowledged": len(delivered_unacked),
+            "duplicate_deliveries": int(full["duplicates"]),
+            "receiver_missing_signature_headers": int(full["missing_headers"]),
+            "receiver_unparseable_bodies": int(full["unparseable"]),
+        },
+        "lost_examples": lost_ids[:10],
+        "lost_accounting": accounting,
+        "delivered_at_end_of_sending": int(at_end["unique"]),
+        "delivery_rate_while_sending_per_s": round(int(at_end["unique"]) / c.elapsed_s, 1),
+        "drain": {
+            "waited_s": drain_wait,
+            "limit_s": plan.drain_s,
+            "delivered_during_drain": delivered - int(at_end["unique"]),
+            "delivery_rate_per_s": round(
+                (delivered - int(at_end["unique"])) / drain_wait if drain_wait else 0.0, 1
+            ),
+            "resources": drain_resources,
+        },
+        "warmup": {
+            "acked": warm.events_acked,
+            "delivered": warm_delivered,
+            "waited_s": warm_wait,
+        },
+        "tidegate_counters_delta": metrics_delta(metrics_before, metrics_after),
+        "tidegate_histogram_means_ms": histogram_means_ms(
+            metrics_delta(metrics_before, metrics_after)
+        ),
+        "signatures": verify_signatures(full.get("samples", []), e2e.destination_secret),
+        "timeline_2s": timeline(c, e2e_latency, 2.0),
+    }
+    out["c_e2e"]["verdict"] = keeps_up(out["c_e2e"])
+    ledger = out["c_e2e"]["ledger"]
+    print(
+        f"  c_e2e: {c.events_per_s:,.0f} events/s acked, delivered {ledger['delivered']},"
+        f" lost {ledger['lost']}, kept up: {out['c_e2e']['verdict']['kept_up']}",
+        flush=True,
+    )
+    del out["c_e2e"]["latency_ms"]
+    out["d_read"] = {
+        **closed_summary(d, c_resources),
+        "latency_ms": summarize_ms(d.latencies_s),
+        "dispatch_lag_ms": summarize_ms(d.dispatch_lag_s),
+    }
+    del out["d_read"]["resources"]  # shared with (c): reported there
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    nproc, free = str(os.cpu_count()), "(free unavailable)"
+    nproc_bin, free_bin = shutil.which("nproc"), shutil.which("free")
+    try:
+        if nproc_bin:
+            nproc = subprocess.run(
+                [nproc_bin], capture_output=True, text=True, check=True, timeout=5
+            ).stdout.strip()
+        if free_bin:
+            free = subprocess.run(
+                [free_bin, "-g"], capture_output=True, text=True, check=True, timeout=5
+            ).stdout.rstrip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "nproc": nproc,
+        "cpu_model": model,
+        "free_g": free,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "event_loop": loop_name(),
+        "aiohttp": aiohttp.__version__,
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def head_commit() -> str | None:
+    """The commit .git/HEAD names (read from the files, not by running git)."""
+    git = ROOT / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head.removeprefix("ref: ")
+        if (git / ref).exists():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def command_line() -> str:
+    if os.environ.get("MAKELEVEL"):
+        return "make bench"
+    return " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about one minute instead of three")
+    parser.add_argument("--rate", type=float, default=1200.0, help="(c) events/s (open loop)")
+    parser.add_argument("--e2e-seconds", type=float, help="(c) duration (default 20, quick 10)")
+    parser.add_argument("--burst-seconds", type=float, help="(a), (b), baseline duration")
+    parser.add_argument("--concurrency", type=int, default=64, help="(a) and baseline senders")
+    parser.add_argument("--batch-concurrency", type=int, default=8, help="(b) senders")
+    parser.add_argument("--read-rate", type=float, default=20.0, help="(d) requests/s")
+    parser.add_argument("--no-docs", action="store_true", help="do not append to the docs")
+    parser.add_argument("--keep-data", action="store_true", help="keep the temp data dir")
+    args = parser.parse_args()
+    plan = Plan.from_args(args)
+    if plan.rate <= 0 or plan.read_rate <= 0 or plan.concurrency < 1:
+        parser.error("rates and concurrency must be positive")
+
+    started = datetime.now(UTC)
+    run_id = f"bench{started:%H%M%S}{uuid.uuid4().hex[:6]}"
+    machine = machine_info()
+    work = Path(tempfile.mkdtemp(prefix="tidegate-bench-"))
+    data_dir = work / "data"
+    print(f"tidegate bench {run_id}: work dir {work}", flush=True)
+
+    tg = services.tidegate(data_dir, free_port(), work)
+    rc = services.receiver(free_port(), work)
+    bl = services.baseline(free_port(), work)
+    started_services: list[services.Service] = []
+    results: dict[str, Any] = {}
+    tidegate_memory: dict[str, float] = {}
+    tidegate_cpu_total: float | None = None
+    failure: str | None = None
+    wall = time.monotonic()
+    try:
+        for service in (tg, rc, bl):
+            started_services.append(service.start())
+        for service in (tg, rc, bl):
+            service.wait_ready()
+        ingest = services.create_tenant(tg, f"bench-ingest-{run_id}", None)
+        e2e = services.create_tenant(tg, f"bench-e2e-{run_id}", rc.base + "/hook")
+        # a run is bounded: setup + scenarios + waits, with generous room for a slow machine
+        budget_s = 900.0
+        run_async(bounded(measure(plan, run_id, tg, rc, bl, ingest, e2e, results), budget_s))
+        if tg.alive():
+            tidegate_memory = procstat.memory_mib(tg.pid)
+            tidegate_cpu_total = round(procstat.cpu_seconds(tg.pid), 2)
+        else:
+            failure = f"tidegate exited during the run (code {tg.proc and tg.proc.poll()})"
+    except Exception as exc:  # noqa: BLE001 - reported, then processes are stopped
+        failure = f"{type(exc).__name__}: {exc}"
+        print(f"bench failed: {failure}", file=sys.stderr)
+    finally:
+        was_alive = tg.alive()
+        for service in reversed(started_services):
+            service.stop()
+    elapsed = round(time.monotonic() - wall, 1)
+
+    document: dict[str, Any] = {
+        "run_id": run_id,
+        "started_utc": started.isoformat(timespec="seconds"),
+        "command": command_line(),
+        "commit": head_commit(),
+        "plan": plan.__dict__,
+        "machine": machine,
+        "elapsed_s": elapsed,
+        "failure": failure,
+        "scenarios": results,
+        "tidegate": {
+            "pid_cpu_s_total": tidegate_cpu_total,
+            "memory_mib": tidegate_memory,
+            "alive_at_end": was_alive,
+            "sigterm_exit_code": tg.exit_code,
+            "sigterm_stop_s": tg.stop_s,
+            "log": services.log_problems(tg),
+        },
+        "receiver": {"sigterm_exit_code": rc.exit_code},
+    }
+    if failure is not None:
+        document["logs_tail"] = {s.name: s.log_tail() for s in started_services}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out_path = RESULTS_DIR / f"{started:%Y%m%dT%H%M%SZ}.json"
+    out_path.write_text(json.dumps(document, indent=2, default=_json_default) + "\n")
+    markdown = report.markdown(document)
+    print()
+    print(markdown)
+    print(f"results: {out_path.relative_to(ROOT)}")
+    if not args.no_docs and failure is None:
+        report.append_to_docs(DOCS, document, markdown)
+        print(f"appended to {DOCS.relative_to(ROOT)}")
+    if args.keep_data:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failure is not None else 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
