@@ -17,5 +17,9 @@ def open_event_log(url: str) -> EventLog:
             from tidegate.eventlog.sqlite import SqliteEventLog
 
             return SqliteEventLog.from_url(url)
+        case "kafka":
+            from tidegate.eventlog.kafka import KafkaEventLog
+
+            return KafkaEventLog.from_url(url)
         case other:
-            raise ConfigError(f"TIDEGATE_LOG_URL: unsupported scheme {other!r} (sqlite)")
+            raise ConfigError(f"TIDEGATE_LOG_URL: unsupported scheme {other!r} (sqlite, kafka)")

@@ -29,6 +29,7 @@ from tidegate.model import (
     Attempt,
     AttemptOutcome,
     Delivery,
+    DeliveryId,
     DeliveryStatus,
     Destination,
     DestinationId,
@@ -66,13 +67,50 @@ class Loaded(msgspec.Struct, frozen=True):
     received_at_ms: int
 
 
+class AttemptWriter:
+    """Stores attempt results in batches: results that arrive while a write is in
+    flight join the next one, so a busy worker makes one store write per batch, not
+    one per attempt. `record` returns once its result is durable."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._pending: list[tuple[AttemptResult, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, result: AttemptResult) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((result, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        await done
+
+    async def _write(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._rt.store.deliveries.record_attempts(
+                        [result for result, _ in batch], now_ms=now_ms()
+                    )
+                except Exception as exc:  # noqa: BLE001 - each waiter gets the failure
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._writer = None
+
+
 class Lane:
     """One destination's queue and in-flight count."""
 
     __slots__ = ("backlog", "breaker", "in_flight")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
-        self.backlog: deque[Delivery] = deque()
+        self.backlog: deque[tuple[Delivery, Loaded | None]] = deque()
         self.in_flight = 0
         self.breaker = breaker
 
@@ -88,8 +126,7 @@ class Dispatcher:
         self._destinations: dict[DestinationId, _CachedDestination] = {}
         self._known: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._attempts = AttemptWriter(runtime)
         self._stopping = False
 
     def is_known(self, delivery_id: str) -> bool:
@@ -98,16 +135,31 @@ class Dispatcher:
     def submit(
         self, deliveries: Iterable[Delivery], plaintext: dict[EventId, Loaded] | None = None
     ) -> None:
-        """Queue deliveries (already leased to this worker) on their lanes."""
+        """Queue deliveries (already leased to this worker) on their lanes.
+
+        `plaintext` holds the decrypted events the router already has, so the first
+        attempt reads nothing back from the store. A lane over its backlog cap hands
+        the overflow back to the store, due a second later.
+        """
+        overflow: list[DeliveryId] = []
+        touched: dict[DestinationId, Lane] = {}
         for delivery in deliveries:
             if self._stopping or delivery.id in self._known:
                 continue
             lane = self._lane(delivery.destination_id)
             if len(lane.backlog) >= _MAX_LANE_BACKLOG:
-                continue  # its lease lapses and the scheduler brings it back later
+                overflow.append(delivery.id)
+                continue
             self._known.add(delivery.id)
-            lane.backlog.append(delivery)
-            self._pump(delivery.destination_id, lane, plaintext)
+            body = plaintext.get(delivery.event_id) if plaintext else None
+            lane.backlog.append((delivery, body))
+            touched[delivery.destination_id] = lane
+        for lane in touched.values():
+            self._pump(lane)
+        if overflow:
+            task = asyncio.create_task(self._rt.store.deliveries.defer(overflow, now_ms() + 1000))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _lane(self, destination_id: DestinationId) -> Lane:
         lane = self._lanes.get(destination_id)
@@ -119,17 +171,13 @@ class Dispatcher:
             self._lanes[destination_id] = lane
         return lane
 
-    def _pump(
-        self, destination_id: DestinationId, lane: Lane, plaintext: dict[EventId, Loaded] | None
-    ) -> None:
+    def _pump(self, lane: Lane) -> None:
         cap = self._rt.settings.destination_concurrency
         while lane.backlog and lane.in_flight < cap:
-            delivery = lane.backlog.popleft()
+            delivery, body = lane.backlog.popleft()
             lane.in_flight += 1
-            body = plaintext.get(delivery.event_id) if plaintext else None
             task = asyncio.create_task(self._run(lane, delivery, body))
             self._tasks.add(task)
-            self._idle.clear()
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
@@ -141,9 +189,7 @@ class Dispatcher:
             lane.in_flight -= 1
             self._known.discard(delivery.id)
             if not self._stopping:
-                self._pump(delivery.destination_id, lane, None)
-            if not self._tasks - {asyncio.current_task()}:
-                self._idle.set()
+                self._pump(lane)
 
     async def _attempt(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
         cached = await self._destination(delivery.tenant_id, delivery.destination_id)
@@ -159,7 +205,6 @@ class Dispatcher:
                 [delivery.id], now + int(lane.breaker.retry_in_s() * 1000)
             )
             return
-        is_hot = body is not None  # handed over by the router, not read back from the store
         if body is None:
             body = await self._load_body(delivery.tenant_id, delivery.event_id)
             if body is None:
@@ -167,7 +212,7 @@ class Dispatcher:
                     delivery, Outcome(error="event no longer stored"), cached, final=True
                 )
                 return
-        if is_hot:
+        if _is_first_routed_attempt(delivery, body):
             telemetry.LATENCY.observe(max(0.0, (now_ms() - body.received_at_ms) / 1000))
         try:
             content, content_type = self._render(cached, body)
@@ -255,16 +300,13 @@ class Dispatcher:
             status_code=code,
             error=outcome.error,
         )
-        await self._rt.store.deliveries.record_attempts(
-            [
-                AttemptResult(
-                    attempt=attempt,
-                    delivery_status=status.value,
-                    next_attempt_at_ms=next_at,
-                    last_error=outcome.error,
-                )
-            ],
-            now_ms=now,
+        await self._attempts.record(
+            AttemptResult(
+                attempt=attempt,
+                delivery_status=status.value,
+                next_attempt_at_ms=next_at,
+                last_error=outcome.error,
+            )
         )
         self._meter(delivery.tenant_id, attempt_outcome, status)
         log.info(
@@ -351,7 +393,7 @@ class Dispatcher:
     async def drain(self, timeout_s: float) -> None:
         """Stop taking work; wait up to `timeout_s` for attempts in flight; return the rest."""
         self._stopping = True
-        leftover = [d.id for lane in self._lanes.values() for d in lane.backlog]
+        leftover = [d.id for lane in self._lanes.values() for d, _ in lane.backlog]
         for lane in self._lanes.values():
             lane.backlog.clear()
         if leftover:
@@ -362,3 +404,13 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+
+
+def _is_first_routed_attempt(delivery: Delivery, loaded: Loaded) -> bool:
+    """The first attempt of a delivery made by routing (not a replay): what the
+    ingest-to-attempt latency metric measures."""
+    return (
+        delivery.attempts == 0
+        and delivery.updated_at_ms == delivery.created_at_ms
+        and delivery.created_at_ms - loaded.received_at_ms < 60_000
+    )

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from tidegate.errors import BackendUnavailable, ConfigError, Conflict, TidegateError
@@ -121,6 +122,11 @@ class PostgresStore:
             else:
                 libpq.append((key, value))
         conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(libpq)))
+        try:
+            conninfo_to_dict(conninfo)  # a misspelt libpq parameter fails here, not at first use
+        except psycopg.ProgrammingError as exc:
+            reason = str(exc).strip()
+            raise ConfigError(f"{_URL_VAR}: not a valid PostgreSQL URL ({reason})") from exc
         try:
             min_size = int(ours.get("pool_min_size", "1"))
             max_size = int(ours.get("pool_max_size", "10"))

@@ -1,0 +1,516 @@
+"""KafkaEventLog: the production log on a Kafka-protocol broker (Apache Kafka, MSK, Redpanda).
+
+URL form::
+
+    kafka://HOST:PORT[,HOST:PORT...][/][?NAME=VALUE&...]
+
+Query parameters are librdkafka configuration, handed to the clients as given
+(https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md): TLS,
+SASL, timeouts, `fetch.wait.max.ms`, `session.timeout.ms`... Consumer-only and
+producer-only properties reach only the client they concern. Four are Tidegate's:
+
+- `partitions` (12) and `replication_factor` (1; use 3 in production): for a
+  topic that does not exist yet, created at first use;
+- `topic_prefix` (empty): put before every topic name and consumer group id, so
+  deployments (or test runs) can share a cluster;
+- `msk_iam_region`: Amazon MSK IAM authentication (SASL/OAUTHBEARER with tokens
+  signed by the optional `aws-msk-iam-sasl-signer-python` package).
+
+Examples::
+
+    kafka://localhost:9092
+    kafka://b-1.example:9094,b-2.example:9094/?security.protocol=SSL&ssl.ca.location=/etc/ca.pem&replication_factor=3
+    kafka://b-1.example:9096/?security.protocol=SASL_SSL&sasl.mechanism=SCRAM-SHA-512&sasl.username=tidegate&sasl.password=...
+    kafka://b-1.example:9098,b-2.example:9098/?msk_iam_region=eu-west-1&replication_factor=3
+
+Records are keyed by tenant id (murmur2, as Java clients do), so each tenant's
+events stay in one partition, in order. `append` returns once every record is
+acknowledged by all in-sync replicas (idempotent producer, `acks=all`). Each
+`consume` iterator is one member of the consumer group (cooperative-sticky): its
+offsets move only on `commit` (at-least-once), and it leaves the group when the
+iterator is closed or dropped, or on `aclose`. Retention is Kafka's: `trim` is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import msgspec
+import structlog
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from tidegate.errors import BackendUnavailable, ConfigError
+from tidegate.eventlog.base import Batch, LogRecord, Record
+
+log = structlog.get_logger(__name__)
+
+ENV_VAR = "TIDEGATE_LOG_URL"
+# Prefixes of librdkafka properties that only one kind of client accepts; any other
+# property is given to every client.
+_CONSUMER_ONLY = (
+    "auto.commit.",
+    "auto.offset.reset",
+    "check.crcs",
+    "coordinator.query.interval.ms",
+    "enable.auto.",
+    "enable.partition.eof",
+    "fetch.",
+    "group.",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "queued.",
+    "session.timeout.ms",
+)
+_PRODUCER_ONLY = (
+    "acks",
+    "batch.",
+    "compression.",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
+    "enable.idempotence",
+    "linger.ms",
+    "message.send.max.retries",
+    "message.timeout.ms",
+    "partitioner",
+    "queue.buffering.",
+    "request.required.acks",
+    "request.timeout.ms",
+    "retries",
+    "sticky.partitioning.",
+    "transactional.",
+)
+_PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 2,
+    "partitioner": "murmur2_random",
+    # Ingest waits on this: fail the request (503, the client retries) well before
+    # librdkafka's five-minute default.
+    "delivery.timeout.ms": 30_000,
+}
+# The append contract: durable on every in-sync replica, never duplicated by retries.
+_PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+_CONSUMER_DEFAULTS: dict[str, Any] = {
+    # Brokers answer a fetch as soon as data arrives; some (Tansu) only when this
+    # expires, so keep it short: it bounds the wake-up latency there.
+    "fetch.wait.max.ms": 10,
+}
+_CONSUMER_REQUIRED: dict[str, Any] = {
+    "enable.auto.commit": False,
+    # A group that never committed starts at the oldest record kept.
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+# A commit refused because the partitions moved to another member: their records
+# are redelivered there, which at-least-once allows.
+_LOST_OWNERSHIP = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._NO_OFFSET,
+    }
+)
+# Topics provisioned by operators: the principal may not be allowed to create them.
+_NOT_ALLOWED_TO_CREATE = frozenset(
+    {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+)
+_POLL_S = 0.1
+_ADMIN_TIMEOUT_S = 30.0
+_FLUSH_TIMEOUT_S = 10.0
+
+
+class KafkaSettings(msgspec.Struct, frozen=True):
+    """What a `kafka://` URL says: client configuration and topic defaults."""
+
+    common: dict[str, Any]
+    producer: dict[str, Any]
+    consumer: dict[str, Any]
+    partitions: int = 12
+    replication_factor: int = 1
+    topic_prefix: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> KafkaSettings:
+        parts = urlsplit(url)
+        if parts.scheme != "kafka" or not parts.netloc:
+            raise ConfigError(f"{ENV_VAR}: expected kafka://HOST:PORT[,HOST:PORT...]")
+        if "@" in parts.netloc:
+            raise ConfigError(f"{ENV_VAR}: put credentials in sasl.username / sasl.password")
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        partitions = _positive_int(params.pop("partitions", "12"), "partitions")
+        replication = _positive_int(params.pop("replication_factor", "1"), "replication_factor")
+        prefix = params.pop("topic_prefix", "")
+        common: dict[str, Any] = {
+            "bootstrap.servers": parts.netloc,
+            "client.id": "tidegate",
+            "error_cb": _log_error,
+            "logger": logging.getLogger("tidegate.eventlog.librdkafka"),
+        }
+        if region := params.pop("msk_iam_region", ""):
+            common |= _msk_iam(region)
+        producer, consumer = dict(_PRODUCER_DEFAULTS), dict(_CONSUMER_DEFAULTS)
+        for name, value in params.items():
+            if name.startswith(_CONSUMER_ONLY):
+                consumer[name] = value
+            elif name.startswith(_PRODUCER_ONLY):
+                producer[name] = value
+            else:
+                common[name] = value
+        return cls(
+            common=common,
+            producer=common | producer | _PRODUCER_REQUIRED,
+            consumer=common | consumer | _CONSUMER_REQUIRED,
+            partitions=partitions,
+            replication_factor=replication,
+            topic_prefix=prefix,
+        )
+
+
+class KafkaEventLog:
+    """The EventLog on Kafka: one idempotent producer, one consumer per `consume` call."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        # Created now: an idempotent producer needs its producer id (~0.5 s) before
+        # the first append can complete.
+        try:
+            self._producer = Producer(settings.producer)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"{ENV_VAR}: {exc}") from exc
+        self._known_topics: set[str] = set()
+        self._topic_lock = asyncio.Lock()
+        self._members: set[_Member] = set()
+        self._is_closed = False
+        self._stop_deliveries = threading.Event()
+        self._deliveries = threading.Thread(
+            target=self._serve_deliveries, name="kafka-deliveries", daemon=True
+        )
+        self._deliveries.start()
+
+    @classmethod
+    def from_url(cls, url: str) -> KafkaEventLog:
+        return cls(KafkaSettings.from_url(url))
+
+    async def append(self, topic: str, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        if self._is_closed:
+            raise BackendUnavailable("event log: closed")
+        await self._ensure_topic(topic)
+        loop = asyncio.get_running_loop()
+        name = self._settings.topic_prefix + topic
+        acks: list[asyncio.Future[KafkaError | None]] = []
+        try:
+            for record in records:
+                acked: asyncio.Future[KafkaError | None] = loop.create_future()
+                self._producer.produce(
+                    name, record.value, record.key.encode(), on_delivery=partial(_ack, acked)
+                )
+                acks.append(acked)
+        except (KafkaException, BufferError) as exc:
+            raise BackendUnavailable(f"event log: cannot queue records for {topic!r}") from exc
+        failures = [error for error in await asyncio.gather(*acks) if error is not None]
+        if failures:
+            raise BackendUnavailable(
+                f"event log: {len(failures)} of {len(records)} records not acknowledged"
+                f" ({failures[0].str()})"
+            ) from KafkaException(failures[0])
+
+    async def consume(
+        self, topic: str, group: str, *, max_records: int = 500
+    ) -> AsyncIterator[Batch]:
+        if self._is_closed:
+            return
+        await self._ensure_topic(topic)
+        member = _Member(self._settings, topic, group, max_records)
+        self._members.add(member)
+        try:
+            while (batch := await member.next_batch()) is not None:
+                yield batch
+        finally:
+            self._members.discard(member)
+            await member.aclose()
+
+    async def commit(self, batch: Batch) -> None:
+        """Commit through the members of this log consuming `batch.topic` for `batch.group`.
+
+        Each commits the partitions it still owns; a batch whose partitions moved
+        (rebalance) or whose iterator was already closed is redelivered instead.
+        """
+        offsets: dict[int, int] = {}
+        for record in batch.records:
+            offsets[record.partition] = max(offsets.get(record.partition, 0), record.offset + 1)
+        if not offsets:
+            return
+        # Registered before the first await, so a member closing concurrently (its
+        # iterator dropped) finishes these commits before it leaves the group.
+        pending = [
+            member.commit(offsets)
+            for member in self._members
+            if member.topic == batch.topic and member.group == batch.group
+        ]
+        if not pending:
+            log.warning("eventlog.commit_skipped", topic=batch.topic, group=batch.group)
+        await asyncio.gather(*pending)
+
+    async def trim(self, topic: str) -> int:
+        return 0
+
+    async def aclose(self) -> None:
+        if self._is_closed:
+            return
+        self._is_closed = True
+        await asyncio.gather(*(member.aclose() for member in list(self._members)))
+        unsent = await asyncio.to_thread(self._producer.flush, _FLUSH_TIMEOUT_S)
+        if unsent:
+            log.warning("eventlog.records_unsent", count=unsent)
+        self._stop_deliveries.set()
+        await asyncio.to_thread(self._deliveries.join)
+
+    def _serve_deliveries(self) -> None:
+        """Run delivery callbacks (they resolve `append`'s futures) as reports arrive."""
+        while not self._stop_deliveries.is_set():
+            self._producer.poll(_POLL_S)
+
+    async def _ensure_topic(self, topic: str) -> None:
+        if topic in self._known_topics:
+            return
+        async with self._topic_lock:
+            if topic not in self._known_topics:
+                await asyncio.to_thread(self._create_topic, self._settings.topic_prefix + topic)
+                self._known_topics.add(topic)
+
+    def _create_topic(self, name: str) -> None:
+        new = NewTopic(
+            name,
+            num_partitions=self._settings.partitions,
+            replication_factor=self._settings.replication_factor,
+        )
+        try:
+            admin = AdminClient(self._settings.common)
+            admin.create_topics([new], request_timeout=_ADMIN_TIMEOUT_S)[name].result()
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                return
+            if code in _NOT_ALLOWED_TO_CREATE:
+                log.info("eventlog.topic_not_created", topic=name, reason=exc.args[0].str())
+                return
+            raise BackendUnavailable(f"event log: cannot create topic {name!r}") from exc
+
+
+class _Member:
+    """One consumer group member: a thread polls and hands batches to the event loop.
+
+    The thread fetches at most one batch ahead of the iterator; batches handed over
+    but never committed are redelivered after a restart or a rebalance.
+    """
+
+    def __init__(self, settings: KafkaSettings, topic: str, group: str, max_records: int) -> None:
+        self.topic = topic
+        self.group = group
+        self._name = settings.topic_prefix + topic
+        self._config = settings.consumer | {"group.id": settings.topic_prefix + group}
+        self._max_records = max(1, max_records)
+        self._loop = asyncio.get_running_loop()
+        self._batches: asyncio.Queue[Batch | BackendUnavailable | None] = asyncio.Queue()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._ahead = threading.Semaphore(1)
+        self._stopping = threading.Event()
+        # Guards `_consumer` between commits (executor threads) and close (member thread).
+        self._lock = threading.Lock()
+        self._consumer: Consumer | None = None
+        self._owned: frozenset[int] = frozenset()
+        self._commits: set[asyncio.Future[None]] = set()
+        self._thread: threading.Thread | None = None
+
+    async def next_batch(self) -> Batch | None:
+        if self._thread is None:
+            if self._stopping.is_set():
+                return None
+            self._thread = threading.Thread(
+                target=self._run, name=f"kafka-consumer:{self._config['group.id']}", daemon=True
+            )
+            self._thread.start()
+        item = await self._batches.get()
+        if item is None:
+            self._batches.put_nowait(None)
+            return None
+        if isinstance(item, BackendUnavailable):
+            raise item
+        self._ahead.release()
+        return item
+
+    def commit(self, offsets: dict[int, int]) -> asyncio.Future[None]:
+        done = self._loop.run_in_executor(None, self._commit_owned, offsets)
+        self._commits.add(done)
+        done.add_done_callback(self._commits.discard)
+        return done
+
+    async def aclose(self) -> None:
+        """Finish pending commits, then leave the group; ends `next_batch`."""
+        if self._commits:
+            await asyncio.wait(set(self._commits))
+        self._stopping.set()
+        if self._thread is None:
+            return
+        await asyncio.shield(self._done)
+
+    def _commit_owned(self, offsets: dict[int, int]) -> None:
+        with self._lock:
+            owned = [
+                TopicPartition(self._name, partition, offset)
+                for partition, offset in offsets.items()
+                if partition in self._owned
+            ]
+            if self._consumer is None or not owned:
+                return
+            try:
+                self._consumer.commit(offsets=owned, asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() in _LOST_OWNERSHIP:
+                    log.info("eventlog.commit_lost", group=self.group, reason=exc.args[0].str())
+                    return
+                raise BackendUnavailable(f"event log: commit failed for {self.group!r}") from exc
+
+    def _run(self) -> None:
+        failure: BackendUnavailable | None = None
+        try:
+            consumer = Consumer(self._config)
+            consumer.subscribe([self._name], on_assign=self._assigned, on_revoke=self._revoked)
+        except KafkaException as exc:
+            self._finish(_unavailable(f"cannot join group {self.group!r}", exc))
+            return
+        self._consumer = consumer
+        try:
+            while not self._stopping.is_set():
+                batch = self._fetch(consumer)
+                if batch is not None and not self._hand_over(batch):
+                    break
+        except KafkaException as exc:
+            failure = _unavailable(f"consumer failed in group {self.group!r}", exc)
+        finally:
+            with self._lock:
+                self._consumer = None
+                try:
+                    consumer.close()
+                except (KafkaException, RuntimeError) as exc:
+                    log.warning("eventlog.leave_failed", group=self.group, reason=str(exc))
+            self._finish(failure)
+
+    def _fetch(self, consumer: Consumer) -> Batch | None:
+        # consume(n, timeout) waits for n messages or the whole timeout; poll returns
+        # the first message as soon as it arrives, then consume(n, 0) takes the rest.
+        first = consumer.poll(_POLL_S)
+        if first is None:
+            return None
+        messages = [first]
+        if self._max_records > 1:
+            messages += consumer.consume(self._max_records - 1, 0)
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("eventlog.consume_error", group=self.group, reason=error.str())
+                continue
+            records.append(_record(message))
+        if not records:
+            return None
+        return Batch(topic=self.topic, group=self.group, records=tuple(records))
+
+    def _hand_over(self, batch: Batch) -> bool:
+        while not self._ahead.acquire(timeout=_POLL_S):
+            if self._stopping.is_set():
+                return False
+        self._call(self._batches.put_nowait, batch)
+        return True
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._owned = self._owned | {p.partition for p in partitions}
+
+    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._owned = self._owned - {p.partition for p in partitions}
+
+    def _finish(self, failure: BackendUnavailable | None) -> None:
+        self._call(self._batches.put_nowait, failure)
+        self._call(_resolve, self._done, None)
+
+    def _call(self, fn: Callable[..., object], *args: object) -> None:
+        _call_soon(self._loop, fn, *args)
+
+
+def _record(message: Message) -> LogRecord:
+    return LogRecord(
+        partition=message.partition() or 0,
+        offset=message.offset() or 0,
+        key=(message.key() or b"").decode("utf-8", "replace"),
+        value=message.value() or b"",
+    )
+
+
+def _ack(acked: asyncio.Future[KafkaError | None], error: KafkaError | None, _msg: object) -> None:
+    """Delivery callback, on the delivery thread: settle the append's future on its loop."""
+    _call_soon(acked.get_loop(), _resolve, acked, error)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: object) -> None:
+    """Run `fn` on `loop` from another thread, unless the loop is closed (nobody waits)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _resolve(future: asyncio.Future[Any], value: object) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _unavailable(what: str, exc: KafkaException) -> BackendUnavailable:
+    error = BackendUnavailable(f"event log: {what}")
+    error.__cause__ = exc
+    return error
+
+
+def _log_error(error: KafkaError) -> None:
+    log.warning("eventlog.kafka_error", code=error.name(), reason=error.str())
+
+
+def _positive_int(value: str, name: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{ENV_VAR}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _msk_iam(region: str) -> dict[str, Any]:
+    """SASL/OAUTHBEARER with MSK IAM tokens, refreshed by librdkafka through `oauth_cb`."""
+    try:
+        signer = importlib.import_module("aws_msk_iam_sasl_signer")
+    except ImportError as exc:
+        raise ConfigError(
+            f"{ENV_VAR}: msk_iam_region needs the aws-msk-iam-sasl-signer-python package"
+        ) from exc
+
+    def token(_config: str) -> tuple[str, float]:
+        value, expiry_ms = signer.MSKAuthTokenProvider.generate_auth_token(region)
+        return value, expiry_ms / 1000
+
+    return {"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER", "oauth_cb": token}
