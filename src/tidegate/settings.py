@@ -7,9 +7,9 @@ Defaults run the embedded mode with zero external services.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Region = Literal["eu", "us"]
@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         default=30, gt=0, description="Events (and their delivery history) kept this long."
     )
     housekeeping_interval_s: float = Field(default=60, gt=0)
+    oidc_issuers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Trusted identity providers, a JSON list of objects: issuer, audience,"
+        " tenant_claim (tenant_id), require_typ (true), mfa_acr, jwks_uri.",
+    )
+    dev_tokens: bool = Field(
+        default=False,
+        description="Trust the local development token issuer (`tidegate dev token`)."
+        " Embedded default only: refused with PostgreSQL, Kafka or a real identity provider.",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo: bool = Field(default=False, description="Mount the demo webhook receiver.")
@@ -80,6 +90,27 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _dev_tokens_only_when_embedded(self) -> Settings:
+        production = [
+            name
+            for name, on in (
+                (
+                    "TIDEGATE_STORE_URL (not SQLite)",
+                    not self.resolved_store_url.startswith("sqlite"),
+                ),
+                ("TIDEGATE_LOG_URL (not SQLite)", not self.resolved_log_url.startswith("sqlite")),
+                ("TIDEGATE_OIDC_ISSUERS", bool(self.oidc_issuers)),
+            )
+            if on
+        ]
+        if self.dev_tokens and production:
+            raise ValueError(
+                "TIDEGATE_DEV_TOKENS is for the embedded default only; it cannot be on with "
+                + ", ".join(production)
+            )
+        return self
 
     @property
     def resolved_log_url(self) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from tidegate import telemetry
 from tidegate.api import problems
-from tidegate.api.auth import ApiKeys
+from tidegate.api.auth import SCOPES, Authenticator
 from tidegate.api.demo import DemoReceiver
 from tidegate.api.ingest.accept import Ingestor
 from tidegate.api.ingest.cloudevents import BATCH, STRUCTURED, CloudEventsEndpoint
@@ -28,6 +30,10 @@ from tidegate.api.read import build_read_router
 from tidegate.errors import TidegateError
 from tidegate.pipeline.runner import Worker
 from tidegate.runtime import Runtime
+from tidegate.security import devissuer
+from tidegate.security.devissuer import DevIssuer
+from tidegate.security.tokens import IssuerConfig, TokenValidator
+from tidegate.settings import Settings
 
 log = structlog.get_logger(__name__)
 Scope = MutableMapping[str, Any]
@@ -147,6 +153,7 @@ def build_app(runtime: Runtime) -> Front:
             draining.set()
             if worker is not None:
                 await worker.stop()
+            await validator.aclose()
             meter_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await meter_task
@@ -167,7 +174,10 @@ def build_app(runtime: Runtime) -> Front:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, problems.on_unexpected)
 
-    fast = _mount_api(app, runtime, worker) if "api" in settings.roles else {}
+    validator = build_validator(settings)
+    auth = Authenticator(runtime, validator)
+    fast = _mount_api(app, runtime, worker, auth) if "api" in settings.roles else {}
+    app.openapi = lambda: _openapi_with_scopes(app)  # type: ignore[method-assign]
 
     async def livez(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -204,9 +214,11 @@ def build_app(runtime: Runtime) -> Front:
     return Front(app, fast)
 
 
-def _mount_api(app: FastAPI, runtime: Runtime, worker: Worker | None) -> dict[str, Endpoint]:
+def _mount_api(
+    app: FastAPI, runtime: Runtime, worker: Worker | None, auth: Authenticator
+) -> dict[str, Endpoint]:
     """The api role: ingest and the /v1 API. Returns the ingest fast paths for Front."""
-    ingestor = Ingestor(runtime)
+    ingestor = Ingestor(runtime, auth)
     segment = SegmentEndpoints(ingestor)
     for kind in sorted(TYPES):
         app.add_api_route(
@@ -236,14 +248,58 @@ def _mount_api(app: FastAPI, runtime: Runtime, worker: Worker | None) -> dict[st
         openapi_extra=_CLOUDEVENTS_BODY,
     )
 
-    app.include_router(
-        build_read_router(runtime, ApiKeys(runtime), worker.wake if worker else _noop)
-    )
+    app.include_router(build_read_router(runtime, auth, worker.wake if worker else _noop))
 
     fast: dict[str, Endpoint] = {f"/v1/{kind}": segment.single(kind) for kind in TYPES}
     fast["/v1/batch"] = segment.batch
     fast["/v1/cloudevents"] = cloudevents.receive
     return fast
+
+
+def build_validator(settings: Settings) -> TokenValidator:
+    """Trusted issuers from settings, plus the development issuer when it is on."""
+    validator = TokenValidator([IssuerConfig(**raw) for raw in settings.oidc_issuers])
+    if settings.dev_tokens:
+        dev = DevIssuer(settings.data_dir)
+        validator.trust_static(
+            IssuerConfig(issuer=devissuer.ISSUER, audience=devissuer.AUDIENCE), [dev.public_jwk]
+        )
+    return validator
+
+
+def _openapi_with_scopes(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the one scope each endpoint needs as its security."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    components = schema.setdefault("components", {})
+    components["securitySchemes"] = {
+        "oauth2": {
+            "type": "oauth2",
+            "description": "JWT access tokens from the identity provider (RFC 9068).",
+            "flows": {"clientCredentials": {"tokenUrl": "/", "scopes": SCOPES}},
+        },
+        "writeKey": {"type": "http", "scheme": "basic", "description": "Segment write key"},
+    }
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        needed = [
+            d.call.__name__.removeprefix("require_").replace("_", ":", 1)
+            for d in route.dependant.dependencies
+            if d.call is not None and d.call.__name__.startswith("require_")
+        ]
+        for method in route.methods or ():
+            operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+            if operation is not None and needed:
+                operation["security"] = [{"oauth2": needed}]
+                operation["description"] = (
+                    operation.get("description", "") + f"\n\nScope: `{needed[0]}`."
+                ).strip()
+    app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _noop() -> None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidegate.admin import create_destination as create_destination_op
 from tidegate.admin import replay_targets
-from tidegate.api.auth import ApiKeys
+from tidegate.api.auth import Authenticator, Caller
 from tidegate.errors import InvalidRequest, NotFound
 from tidegate.ids import now_ms
 from tidegate.model import (
@@ -219,17 +219,22 @@ async def decrypt_event(runtime: Runtime, stored: StoredEvent, *, with_payload: 
     )
 
 
-def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIRouter:
+def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -> APIRouter:
     router = APIRouter(prefix="/v1")
     store = runtime.store
-    TenantDep = Annotated[Tenant, Depends(keys.tenant)]
+    Need_destinations_read = Annotated[Caller, Depends(auth.require("destinations:read"))]
+    Need_destinations_write = Annotated[Caller, Depends(auth.require("destinations:write"))]
+    Need_events_read = Annotated[Caller, Depends(auth.require("events:read"))]
+    Need_payload_read = Annotated[Caller, Depends(auth.require("payload:read"))]
+    Need_replay_execute = Annotated[Caller, Depends(auth.require("replay:execute"))]
+    Need_usage_read = Annotated[Caller, Depends(auth.require("usage:read"))]
 
     async def event_out(tenant: Tenant, stored: StoredEvent, *, with_payload: bool) -> EventOut:
         return await decrypt_event(runtime, stored, with_payload=with_payload)
 
     @router.get("/events", response_model=EventPage, tags=["events"])
     async def list_events(
-        tenant: TenantDep,
+        caller: Need_events_read,
         type: str | None = None,
         name: str | None = None,
         since: str | None = None,
@@ -238,6 +243,7 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> EventPage:
         """Events newest first, without payloads; filter by type, name and time."""
+        tenant = caller.tenant
         name_index = (await runtime.envelope.cipher(tenant.id)).index(name) if name else None
         query = EventQuery(
             type=type,
@@ -253,16 +259,18 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         return EventPage(data=data, next_cursor=nxt)
 
     @router.get("/events/{event_id}", response_model=EventOut, tags=["events"])
-    async def get_event(tenant: TenantDep, event_id: str) -> EventOut:
+    async def get_event(caller: Need_payload_read, event_id: str) -> EventOut:
         """One event with its decrypted payload."""
+        tenant = caller.tenant
         stored = await store.events.get_event(tenant.id, EventId(event_id))
         if stored is None:
             raise NotFound(f"no event {event_id}")
         return await event_out(tenant, stored, with_payload=True)
 
     @router.get("/events/{event_id}/deliveries", response_model=list[DeliveryOut], tags=["events"])
-    async def event_deliveries(tenant: TenantDep, event_id: str) -> list[DeliveryOut]:
+    async def event_deliveries(caller: Need_events_read, event_id: str) -> list[DeliveryOut]:
         """Every delivery of the event, with every attempt."""
+        tenant = caller.tenant
         if await store.events.get_event(tenant.id, EventId(event_id)) is None:
             raise NotFound(f"no event {event_id}")
         rows = await store.deliveries.list_deliveries(
@@ -278,9 +286,10 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         "/events/{event_id}/replay", response_model=ReplayOut, status_code=202, tags=["replay"]
     )
     async def replay_event(
-        tenant: TenantDep, event_id: str, destination_id: str | None = None
+        caller: Need_replay_execute, event_id: str, destination_id: str | None = None
     ) -> ReplayOut:
         """Deliver the event again (new webhook-ids) to one or every enabled destination."""
+        tenant = caller.tenant
         if await store.events.get_event(tenant.id, EventId(event_id)) is None:
             raise NotFound(f"no event {event_id}")
         targets = await replay_targets(runtime, tenant.id, destination_id)
@@ -292,12 +301,13 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
 
     @router.get("/deliveries", response_model=DeliveryPage, tags=["deliveries"])
     async def list_deliveries(
-        tenant: TenantDep,
+        caller: Need_events_read,
         status: Literal["pending", "succeeded", "dead"] | None = None,
         destination_id: str | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> DeliveryPage:
+        tenant = caller.tenant
         rows = await store.deliveries.list_deliveries(
             tenant.id,
             DeliveryQuery(
@@ -312,23 +322,26 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
 
     @router.get("/dead-letters", response_model=DeliveryPage, tags=["deliveries"])
     async def dead_letters(
-        tenant: TenantDep,
+        caller: Need_events_read,
         destination_id: str | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> DeliveryPage:
         """Deliveries that exhausted their retry schedule (or whose destination went away)."""
-        return await list_deliveries(tenant, "dead", destination_id, cursor, limit)
+        return await list_deliveries(caller, "dead", destination_id, cursor, limit)
 
     @router.post(
         "/destinations", response_model=DestinationCreated, status_code=201, tags=["destinations"]
     )
-    async def create_destination(tenant: TenantDep, body: DestinationIn) -> DestinationCreated:
+    async def create_destination(
+        caller: Need_destinations_write, body: DestinationIn
+    ) -> DestinationCreated:
         """Create a webhook destination; the response carries its signing secret, once.
 
         The URL is checked against the SSRF rules after DNS resolution (422 if refused);
         filter, transform and retry schedule are validated (422 with the reason).
         """
+        tenant = caller.tenant
         destination, secret = await create_destination_op(
             runtime,
             tenant.id,
@@ -343,13 +356,17 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         return DestinationCreated(**destination_out(destination).model_dump(), secret=secret)
 
     @router.get("/destinations", response_model=list[DestinationOut], tags=["destinations"])
-    async def list_destinations(tenant: TenantDep) -> list[DestinationOut]:
+    async def list_destinations(caller: Need_destinations_read) -> list[DestinationOut]:
+        tenant = caller.tenant
         return [destination_out(d) for d in await store.destinations.list_destinations(tenant.id)]
 
     @router.get(
         "/destinations/{destination_id}", response_model=DestinationOut, tags=["destinations"]
     )
-    async def get_destination(tenant: TenantDep, destination_id: str) -> DestinationOut:
+    async def get_destination(
+        caller: Need_destinations_read, destination_id: str
+    ) -> DestinationOut:
+        tenant = caller.tenant
         found = await store.destinations.get_destination(tenant.id, DestinationId(destination_id))
         if found is None:
             raise NotFound(f"no destination {destination_id}")
@@ -361,8 +378,11 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         status_code=202,
         tags=["replay"],
     )
-    async def replay_range(tenant: TenantDep, destination_id: str, body: ReplayRange) -> ReplayOut:
+    async def replay_range(
+        caller: Need_replay_execute, destination_id: str, body: ReplayRange
+    ) -> ReplayOut:
         """Deliver every event received in [since, until) to this destination again."""
+        tenant = caller.tenant
         targets = await replay_targets(runtime, tenant.id, destination_id)
         count = await store.deliveries.replay_events(
             tenant.id,
@@ -380,8 +400,9 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
         status_code=202,
         tags=["replay"],
     )
-    async def replay_dead(tenant: TenantDep, destination_id: str) -> ReplayOut:
+    async def replay_dead(caller: Need_replay_execute, destination_id: str) -> ReplayOut:
         """Every dead letter of the destination goes back on the schedule (same webhook-id)."""
+        tenant = caller.tenant
         (target,) = await replay_targets(runtime, tenant.id, destination_id)
         count = await store.deliveries.replay_dead_letters(tenant.id, target, now_ms=now_ms())
         wake_worker()
@@ -389,9 +410,10 @@ def build_read_router(runtime: Runtime, keys: ApiKeys, wake_worker: Any) -> APIR
 
     @router.get("/usage", response_model=list[UsageOut], tags=["usage"])
     async def usage(
-        tenant: TenantDep, since: str | None = None, until: str | None = None
+        caller: Need_usage_read, since: str | None = None, until: str | None = None
     ) -> list[UsageOut]:
         """Hourly meters of the tenant: events, bytes, deliveries, dead letters."""
+        tenant = caller.tenant
         rows = await store.usage.usage_report(
             tenant.id, since_ms=parse_time(since, "since"), until_ms=parse_time(until, "until")
         )

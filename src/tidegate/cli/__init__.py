@@ -6,6 +6,7 @@ import click
 
 from tidegate.cli.admin import apikeys, destinations, keys, sources, tenants
 from tidegate.cli.data import deliveries, events, replay, usage
+from tidegate.cli.dev import dev
 from tidegate.cli.migrate import migrate
 from tidegate.cli.serve import serve
 
@@ -32,6 +33,7 @@ for command in (
     replay,
     usage,
     migrate,
+    dev,
 ):
     cli.add_command(command)
 

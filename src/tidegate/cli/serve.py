@@ -37,6 +37,8 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
         # The demo destination is this process's own receiver on http://127.0.0.1.
         overrides["demo"] = True
         overrides["https_only"] = False
+        if not base.oidc_issuers and base.resolved_store_url.startswith("sqlite"):
+            overrides["dev_tokens"] = True
         overrides["ssrf_allow_cidrs"] = (*base.ssrf_allow_cidrs, "127.0.0.1/32")
     settings = Settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
@@ -127,10 +129,12 @@ It is delivered, signed (Standard Webhooks), to the demo receiver; see what arri
 
   curl -s {base}/demo/webhook
 
-Read it back through the API:
+Read it back through the API with an OAuth access token from the development issuer
+(or with the demo API key, {demo["api_key"][:12]}..., in .tidegate/demo.json):
 
-  curl -s -H 'authorization: Bearer {demo["api_key"]}' '{base}/v1/events?limit=5'
-  curl -s -H 'authorization: Bearer {demo["api_key"]}' '{base}/v1/deliveries?limit=5'
+  TOKEN=$(TIDEGATE_DEV_TOKENS=true .venv/bin/tidegate dev token --tenant {demo["tenant_id"]})
+  curl -s -H "authorization: Bearer $TOKEN" '{base}/v1/events?limit=5'
+  curl -s -H "authorization: Bearer $TOKEN" '{base}/v1/deliveries?limit=5'
 
 Demo tenant {demo["tenant_id"]}; credentials in {settings.data_dir}/demo.json. Ctrl-C stops.
 """,

@@ -21,6 +21,7 @@ import msgspec
 import structlog
 
 from tidegate import telemetry
+from tidegate.batching import GroupWriter
 from tidegate.destinations.base import Outcome, Sender
 from tidegate.errors import DecryptionFailed, ValidationFailed
 from tidegate.ids import new_attempt_id, now_ms
@@ -67,43 +68,6 @@ class Loaded(msgspec.Struct, frozen=True):
     received_at_ms: int
 
 
-class AttemptWriter:
-    """Stores attempt results in batches: results that arrive while a write is in
-    flight join the next one, so a busy worker makes one store write per batch, not
-    one per attempt. `record` returns once its result is durable."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._rt = runtime
-        self._pending: list[tuple[AttemptResult, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def record(self, result: AttemptResult) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((result, done))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write())
-        await done
-
-    async def _write(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await self._rt.store.deliveries.record_attempts(
-                        [result for result, _ in batch], now_ms=now_ms()
-                    )
-                except Exception as exc:  # noqa: BLE001 - each waiter gets the failure
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                else:
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_result(None)
-        finally:
-            self._writer = None
-
-
 class Lane:
     """One destination's queue and in-flight count."""
 
@@ -126,7 +90,9 @@ class Dispatcher:
         self._destinations: dict[DestinationId, _CachedDestination] = {}
         self._known: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._attempts = AttemptWriter(runtime)
+        self._attempts: GroupWriter[AttemptResult] = GroupWriter(
+            lambda batch: runtime.store.deliveries.record_attempts(batch, now_ms=now_ms())
+        )
         self._stopping = False
 
     def is_known(self, delivery_id: str) -> bool:
@@ -300,7 +266,7 @@ class Dispatcher:
             status_code=code,
             error=outcome.error,
         )
-        await self._attempts.record(
+        await self._attempts.submit(
             AttemptResult(
                 attempt=attempt,
                 delivery_status=status.value,

@@ -27,6 +27,13 @@ from tidegate.model import (
     Tenant,
     TenantId,
 )
+from tidegate.security.audit import (
+    GENESIS,
+    AuditEntry,
+    AuditRecord,
+    AuditStore,
+    chain_hash,
+)
 from tidegate.store.base import (
     AttemptResult,
     DataKey,
@@ -650,6 +657,82 @@ class SqliteStore:
 
         return await self._db.write(replay)
 
+    # -- audit ------------------------------------------------------------------------
+
+    @property
+    def audit(self) -> AuditStore:
+        return self
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        def append(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is None:
+                row = c.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
+            seq, prev = row if row else (0, GENESIS)
+            rows = []
+            for entry in entries:
+                seq += 1
+                digest = chain_hash(prev, seq, entry)
+                rows.append((seq, *_audit_columns(entry), prev, digest))
+                prev = digest
+            c.executemany(
+                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({_placeholders(13)})", rows
+            )
+
+        await self._db.write(append)
+
+    async def list_audit(
+        self, tenant_id: str | None, *, after_seq: int | None, limit: int
+    ) -> list[AuditRecord]:
+        where: list[str] = []
+        args: list[object] = []
+        if tenant_id is not None:
+            where.append("tenant_id = ?")
+            args.append(tenant_id)
+        if after_seq is not None:
+            where.append("seq < ?")
+            args.append(after_seq)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit {clause} ORDER BY seq DESC LIMIT ?",
+                [*args, limit],
+            ).fetchall()
+        )
+        return [_audit_record(r) for r in rows]
+
+    async def audit_chain(self, *, after_seq: int, limit: int) -> list[AuditRecord]:
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        )
+        return [_audit_record(r) for r in rows]
+
+    async def audit_anchor(self) -> tuple[int, str]:
+        row = await self._db.read(
+            lambda c: c.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
+        )
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    async def purge_audit(self, before_ms: int) -> int:
+        def purge(c: sqlite3.Connection) -> int:
+            last = c.execute(
+                "SELECT seq, hash FROM audit WHERE at_ms < ? ORDER BY seq DESC LIMIT 1",
+                (before_ms,),
+            ).fetchone()
+            if last is None:
+                return 0
+            c.execute(
+                "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                last,
+            )
+            return c.execute("DELETE FROM audit WHERE seq <= ?", (last[0],)).rowcount
+
+        return await self._db.write(purge)
+
     # -- usage --------------------------------------------------------------------------
 
     async def add_usage(self, increments: Sequence[UsageIncrement]) -> None:
@@ -675,6 +758,27 @@ class SqliteStore:
             ).fetchall()
         )
         return [UsageRow(TenantId(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+_AUDIT_COLUMNS = (
+    "seq, at_ms, tenant_id, actor, client_id, source_ip, action, resource, outcome,"
+    " request_id, detail, prev_hash, hash"
+)
+
+
+def _audit_columns(e: AuditEntry) -> tuple[object, ...]:
+    return (
+        e.at_ms, e.tenant_id, e.actor, e.client_id, e.source_ip, e.action, e.resource,
+        e.outcome, e.request_id, e.detail,
+    )  # fmt: skip
+
+
+def _audit_record(row: Sequence[Any]) -> AuditRecord:
+    entry = AuditEntry(
+        at_ms=row[1], tenant_id=row[2], actor=row[3], client_id=row[4], source_ip=row[5],
+        action=row[6], resource=row[7], outcome=row[8], request_id=row[9], detail=row[10],
+    )  # fmt: skip
+    return AuditRecord(seq=row[0], entry=entry, prev_hash=row[11], hash=row[12])
 
 
 _DEST_COLUMNS = (

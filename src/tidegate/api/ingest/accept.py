@@ -11,11 +11,12 @@ import msgspec
 
 from tidegate import telemetry
 from tidegate.admin import check_region
-from tidegate.errors import Unauthorized
+from tidegate.api.auth import Authenticator
+from tidegate.errors import Forbidden, Unauthorized
 from tidegate.eventlog import Record
 from tidegate.ids import credential_hash, credential_region, new_event_id
 from tidegate.metering import Meter
-from tidegate.model import EventBody, EventMeta, LogEntry, Source, Tenant, TenantId
+from tidegate.model import EventBody, EventMeta, LogEntry, Source, SourceId, Tenant, TenantId
 from tidegate.runtime import Runtime
 
 _CACHE_TTL_S = 10.0
@@ -52,9 +53,39 @@ def basic_username(authorization: str | None) -> str | None:
 class Ingestor:
     """The write side of the api role."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, auth: Authenticator) -> None:
         self._rt = runtime
+        self._auth = auth
         self._sources: dict[str, tuple[float, Source, Tenant]] = {}
+
+    async def authenticate_header(self, authorization: str | None) -> tuple[Source, Tenant] | None:
+        """The source and tenant named by an Authorization header, or None without one.
+
+        Basic: the username is a write key. Bearer: an access token with `events:write`
+        (its events are attributed to a source per OAuth client).
+        """
+        if not authorization:
+            return None
+        write_key = basic_username(authorization)
+        if write_key is not None:
+            return await self.authenticate(write_key)
+        if authorization[:7].lower() != "bearer ":
+            raise Unauthorized("use HTTP Basic with the write key, or a Bearer access token")
+        principal = await self._auth.principal_from_header(authorization)
+        if "events:write" not in principal.scopes or principal.tenant_id is None:
+            raise Forbidden("this credential lacks the 'events:write' scope for a tenant")
+        tenant = await self._rt.store.tenants.get_tenant(TenantId(principal.tenant_id))
+        if tenant is None:
+            raise Forbidden("the credential's tenant does not exist in this cell")
+        check_region(self._rt.settings, tenant.region)
+        client = principal.client_id or principal.subject
+        source = Source(
+            id=SourceId(f"src_oauth_{client}"[:120]),
+            tenant_id=tenant.id,
+            name=f"OAuth client {client}",
+            created_at_ms=0,
+        )
+        return source, tenant
 
     async def authenticate(self, write_key: str | None) -> tuple[Source, Tenant]:
         """The source and tenant of a write key; 401 if unknown, 421 if another region's."""

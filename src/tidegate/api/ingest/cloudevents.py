@@ -15,10 +15,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidegate.api.ingest.accept import Ingestor, Prepared, basic_username
+from tidegate.api.ingest.accept import Ingestor, Prepared
 from tidegate.api.ingest.body import decode_json, read_body, require_media_type
 from tidegate.api.ingest.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES, OK
-from tidegate.errors import InvalidEvent, PayloadTooLarge, TidegateError
+from tidegate.errors import InvalidEvent, PayloadTooLarge, TidegateError, Unauthorized
 from tidegate.ids import now_ms
 
 STRUCTURED = "application/cloudevents+json"
@@ -99,9 +99,12 @@ class CloudEventsEndpoint:
         self._ingestor = ingestor
 
     async def receive(self, request: Request) -> Response:
-        source, _tenant = await self._ingestor.authenticate(
-            basic_username(request.headers.get("authorization"))
-        )
+        found = await self._ingestor.authenticate_header(request.headers.get("authorization"))
+        if found is None:
+            raise Unauthorized(
+                "send the write key as the HTTP Basic username, or a Bearer access token"
+            )
+        source, _tenant = found
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         received = now_ms()
         try:

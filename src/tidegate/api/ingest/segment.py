@@ -15,7 +15,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tidegate.api.ingest.accept import Ingestor, Prepared, basic_username
+from tidegate.api.ingest.accept import Ingestor, Prepared
 from tidegate.api.ingest.body import decode_json, read_body, require_media_type
 from tidegate.errors import InvalidEvent, PayloadTooLarge, TidegateError
 from tidegate.ids import now_ms
@@ -116,19 +116,20 @@ class SegmentEndpoints:
 
     async def _handle(self, request: Request, kind: str | None) -> Response:
         require_media_type(request, *_JSON)
-        header_key = basic_username(request.headers.get("authorization"))
-        if header_key is not None:  # authenticate before reading a stranger's body
-            source, _tenant = await self._ingestor.authenticate(header_key)
+        # Authenticate before reading a stranger's body, when the credential is a header.
+        from_header = await self._ingestor.authenticate_header(request.headers.get("authorization"))
+        if from_header is not None:
+            source, _tenant = from_header
         limit = MAX_EVENT_BYTES if kind else MAX_BATCH_BYTES
         try:
             body = decode_json(await read_body(request, limit=limit))
             if not isinstance(body, dict):
                 raise InvalidEvent("the body must be a JSON object")
         except TidegateError:
-            if header_key is not None:
+            if from_header is not None:
                 self._ingestor.reject(source.tenant_id, 1)
             raise
-        if header_key is None:
+        if from_header is None:
             body_key = body.get("writeKey")
             source, _tenant = await self._ingestor.authenticate(
                 body_key if isinstance(body_key, str) else None
