@@ -14,6 +14,7 @@ from tidegate.model import (
     Tenant,
     TenantId,
 )
+from tidegate.security.audit import AuditEntry, verify
 from tidegate.store import (
     AttemptResult,
     DeliveryQuery,
@@ -200,3 +201,48 @@ async def test_purge_keeps_events_with_pending_deliveries(store: Store) -> None:
     assert await store.events.purge(now_ms=now_ms(), events_before_ms=now_ms() - DAY_MS) == 1
     assert await store.events.get_event(tenant, pending.id) is not None
     assert await store.events.get_event(tenant, done.id) is None
+
+
+def _entry(tenant: str | None, action: str = "event.read") -> AuditEntry:
+    return AuditEntry(
+        at_ms=now_ms(),
+        tenant_id=tenant,
+        actor="sub-1",
+        client_id="c",
+        source_ip="127.0.0.1",
+        action=action,
+        resource="evt_1",
+        outcome="success",
+        request_id="r1",
+    )
+
+
+async def test_audit_chain_verifies_and_lists_per_tenant(store: Store) -> None:
+    a, b = await _tenant(store), await _tenant(store)
+    await store.audit.append_audit([_entry(a), _entry(b)])
+    await store.audit.append_audit([_entry(a, "events.list")])
+    assert (await verify(store.audit)).ok
+    mine = await store.audit.list_audit(a, after_seq=None, limit=10)
+    assert [r.entry.action for r in mine] == ["events.list", "event.read"]
+    assert len(await store.audit.list_audit(None, after_seq=None, limit=10)) == 3
+
+
+async def test_audit_purge_keeps_the_rest_verifiable(store: Store) -> None:
+    old = AuditEntry(
+        at_ms=1,
+        tenant_id=None,
+        actor="x",
+        client_id=None,
+        source_ip=None,
+        action="auth.failed",
+        resource=None,
+        outcome="denied",
+        request_id=None,
+    )
+    await store.audit.append_audit([old, old])
+    await store.audit.append_audit([_entry(None)])
+    assert await store.audit.purge_audit(now_ms() - DAY_MS) == 2
+    result = await verify(store.audit)
+    assert result.ok and result.checked == 1
+    await store.audit.append_audit([_entry(None)])
+    assert (await verify(store.audit)).ok

@@ -24,6 +24,7 @@ from tidegate.model import (
     Tenant,
     TenantId,
 )
+from tidegate.security.audit import AuditStore
 from tidegate.security.envelope import DataKeyStore
 
 
@@ -234,6 +235,8 @@ class Store(Protocol):
     def deliveries(self) -> DeliveryStore: ...
     @property
     def usage(self) -> UsageStore: ...
+    @property
+    def audit(self) -> AuditStore: ...
     @property
     def exclusive_worker(self) -> bool:
         """True when one process owns the engine (embedded SQLite): a starting worker may

@@ -44,6 +44,9 @@ from tidegate.model import (
     Tenant,
     TenantId,
 )
+
+# The column lists and row mappers are engine-neutral; they live with the first engine.
+from tidegate.security.audit import GENESIS, AuditEntry, AuditRecord, AuditStore, chain_hash
 from tidegate.store.base import (
     AttemptResult,
     DataKey,
@@ -60,16 +63,17 @@ from tidegate.store.base import (
     UsageStore,
 )
 from tidegate.store.migrations import load_migrations, pending
-
-# The column lists and row mappers are engine-neutral; they live with the first engine.
-from tidegate.store.sqlite import (
-    _DELIVERY_COLUMNS,
-    _DEST_COLUMNS,
-    _EVENT_COLUMNS,
-    _delivery,
-    _destination,
-    _stored_event,
-    _tenant,
+from tidegate.store.rows import (
+    AUDIT_COLUMNS,
+    DELIVERY_COLUMNS,
+    DESTINATION_COLUMNS,
+    EVENT_COLUMNS,
+    audit_record,
+    audit_values,
+    delivery_row,
+    destination_row,
+    event_row,
+    tenant_row,
 )
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -291,11 +295,11 @@ class PostgresStore:
         row = await self._one(
             "SELECT id, name, region, created_at_ms FROM tenants WHERE id = %s", (tenant_id,)
         )
-        return _tenant(row) if row else None
+        return tenant_row(row) if row else None
 
     async def list_tenants(self) -> list[Tenant]:
         rows = await self._all("SELECT id, name, region, created_at_ms FROM tenants ORDER BY id")
-        return [_tenant(r) for r in rows]
+        return [tenant_row(r) for r in rows]
 
     async def create_source(self, source: Source, write_key_hash: str) -> None:
         async with self._tx() as conn:
@@ -360,7 +364,7 @@ class PostgresStore:
         async with self._tx() as conn:
             await self._require_tenant(conn, d.tenant_id)
             await conn.execute(
-                f"INSERT INTO destinations ({_DEST_COLUMNS}) VALUES ({_params(13)})",
+                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) VALUES ({_params(13)})",
                 (
                     d.id,
                     d.tenant_id,
@@ -382,28 +386,28 @@ class PostgresStore:
         self, tenant_id: TenantId, destination_id: DestinationId
     ) -> Destination | None:
         row = await self._one(
-            f"SELECT {_DEST_COLUMNS} FROM destinations WHERE tenant_id = %s AND id = %s",
+            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE tenant_id = %s AND id = %s",
             (tenant_id, destination_id),
         )
-        return _destination(row) if row else None
+        return destination_row(row) if row else None
 
     async def list_destinations(self, tenant_id: TenantId) -> list[Destination]:
         rows = await self._all(
-            f"SELECT {_DEST_COLUMNS} FROM destinations WHERE tenant_id = %s ORDER BY id",
+            f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE tenant_id = %s ORDER BY id",
             (tenant_id,),
         )
-        return [_destination(r) for r in rows]
+        return [destination_row(r) for r in rows]
 
     async def enabled_destinations(self, tenant_ids: Sequence[TenantId]) -> list[Destination]:
         ids = list(dict.fromkeys(tenant_ids))
         if not ids:
             return []
         rows = await self._all(
-            f"SELECT {_DEST_COLUMNS} FROM destinations"
+            f"SELECT {DESTINATION_COLUMNS} FROM destinations"
             " WHERE tenant_id = ANY(%s) AND status = 'enabled' ORDER BY id",
             (ids,),
         )
-        return [_destination(r) for r in rows]
+        return [destination_row(r) for r in rows]
 
     async def set_destination_status(
         self,
@@ -455,7 +459,7 @@ class PostgresStore:
                     (
                         item,
                         await conn.execute(
-                            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({_params(9)})"
+                            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({_params(9)})"
                             " ON CONFLICT (tenant_id, id) DO NOTHING RETURNING id",
                             (
                                 m.id,
@@ -511,10 +515,10 @@ class PostgresStore:
 
     async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None:
         row = await self._one(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant_id = %s AND id = %s",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = %s AND id = %s",
             (tenant_id, event_id),
         )
-        return _stored_event(row) if row else None
+        return event_row(row) if row else None
 
     async def get_events(
         self, tenant_id: TenantId, event_ids: Sequence[EventId]
@@ -523,10 +527,10 @@ class PostgresStore:
         if not ids:
             return []
         rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant_id = %s AND id = ANY(%s)",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = %s AND id = ANY(%s)",
             (tenant_id, ids),
         )
-        return [_stored_event(r) for r in rows]
+        return [event_row(r) for r in rows]
 
     async def list_events(self, tenant_id: TenantId, query: EventQuery) -> list[StoredEvent]:
         where, args = _filters(
@@ -538,10 +542,10 @@ class PostgresStore:
             ("id < %s", query.after_id),
         )
         rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id DESC LIMIT %s",
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id DESC LIMIT %s",
             (*args, query.limit),
         )
-        return [_stored_event(r) for r in rows]
+        return [event_row(r) for r in rows]
 
     # -- deliveries ---------------------------------------------------------------------
 
@@ -549,7 +553,7 @@ class PostgresStore:
         async with self._tx() as conn:
             # SKIP LOCKED: a delivery another worker is claiming right now is its, not ours.
             cur = await conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
                 " AND next_attempt_at_ms <= %s"
                 " AND (lease_until_ms IS NULL OR lease_until_ms < %s)"
                 " ORDER BY next_attempt_at_ms LIMIT %s FOR UPDATE SKIP LOCKED",
@@ -561,7 +565,7 @@ class PostgresStore:
                     "UPDATE deliveries SET lease_until_ms = %s WHERE id = ANY(%s)",
                     (now_ms + lease_ms, [r[0] for r in rows]),
                 )
-        return [_delivery(r) for r in rows]
+        return [delivery_row(r) for r in rows]
 
     async def next_due_ms(self) -> int | None:
         """When the earliest pending delivery falls due (the scheduler's alarm)."""
@@ -644,10 +648,10 @@ class PostgresStore:
 
     async def get_delivery(self, tenant_id: TenantId, delivery_id: DeliveryId) -> Delivery | None:
         row = await self._one(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = %s AND id = %s",
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = %s AND id = %s",
             (tenant_id, delivery_id),
         )
-        return _delivery(row) if row else None
+        return delivery_row(row) if row else None
 
     async def list_deliveries(self, tenant_id: TenantId, query: DeliveryQuery) -> list[Delivery]:
         where, args = _filters(
@@ -658,10 +662,10 @@ class PostgresStore:
             ("id < %s", query.after_id),
         )
         rows = await self._all(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE {where} ORDER BY id DESC LIMIT %s",
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {where} ORDER BY id DESC LIMIT %s",
             (*args, query.limit),
         )
-        return [_delivery(r) for r in rows]
+        return [delivery_row(r) for r in rows]
 
     async def list_attempts(
         self, tenant_id: TenantId, delivery_ids: Sequence[DeliveryId]
@@ -750,6 +754,79 @@ class PostgresStore:
             (tenant_id, since_ms or 0, until_ms or 2**62),
         )
         return [UsageRow(TenantId(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    # -- audit ------------------------------------------------------------------------
+
+    @property
+    def audit(self) -> AuditStore:
+        return self
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        async with self._tx() as conn:
+            # One appender at a time: the chain is a total order.
+            await conn.execute("SELECT pg_advisory_xact_lock(7461726967)")
+            cur = await conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1")
+                row = await cur.fetchone()
+            seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+            rows = []
+            for entry in entries:
+                seq += 1
+                digest = chain_hash(prev, seq, entry)
+                rows.append((seq, *audit_values(entry), prev, digest))
+                prev = digest
+            await conn.cursor().executemany(
+                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({_params(13)})", rows
+            )
+
+    async def list_audit(
+        self, tenant_id: str | None, *, after_seq: int | None, limit: int
+    ) -> list[AuditRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if tenant_id is not None:
+            where.append("tenant_id = %s")
+            args.append(tenant_id)
+        if after_seq is not None:
+            where.append("seq < %s")
+            args.append(after_seq)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(
+            f"SELECT {AUDIT_COLUMNS} FROM audit {clause} ORDER BY seq DESC LIMIT %s",
+            [*args, limit],
+        )
+        return [audit_record(r) for r in rows]
+
+    async def audit_chain(self, *, after_seq: int, limit: int) -> list[AuditRecord]:
+        rows = await self._all(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after_seq, limit),
+        )
+        return [audit_record(r) for r in rows]
+
+    async def audit_anchor(self) -> tuple[int, str]:
+        row = await self._one("SELECT seq, hash FROM audit_anchor WHERE id = 1")
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    async def purge_audit(self, before_ms: int) -> int:
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(7461726967)")
+            cur = await conn.execute(
+                "SELECT seq, hash FROM audit WHERE at_ms < %s ORDER BY seq DESC LIMIT 1",
+                (before_ms,),
+            )
+            last = await cur.fetchone()
+            if last is None:
+                return 0
+            await conn.execute(
+                "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                last,
+            )
+            cur = await conn.execute("DELETE FROM audit WHERE seq <= %s", (last[0],))
+            return cur.rowcount
 
     # -- one-statement transactions -------------------------------------------------------
 

@@ -21,7 +21,6 @@ from tidegate.model import (
     DestinationId,
     DestinationStatus,
     EventId,
-    EventMeta,
     Source,
     SourceId,
     Tenant,
@@ -48,6 +47,18 @@ from tidegate.store.base import (
     UsageIncrement,
     UsageRow,
     UsageStore,
+)
+from tidegate.store.rows import (
+    AUDIT_COLUMNS,
+    DELIVERY_COLUMNS,
+    DESTINATION_COLUMNS,
+    EVENT_COLUMNS,
+    audit_record,
+    audit_values,
+    delivery_row,
+    destination_row,
+    event_row,
+    tenant_row,
 )
 
 _PENDING = DeliveryStatus.PENDING.value
@@ -116,7 +127,7 @@ class SqliteStore:
                 "SELECT id, name, region, created_at_ms FROM tenants WHERE id = ?", (tenant_id,)
             ).fetchone()
         )
-        return _tenant(row) if row else None
+        return tenant_row(row) if row else None
 
     async def list_tenants(self) -> list[Tenant]:
         rows = await self._db.read(
@@ -124,7 +135,7 @@ class SqliteStore:
                 "SELECT id, name, region, created_at_ms FROM tenants ORDER BY id"
             ).fetchall()
         )
-        return [_tenant(r) for r in rows]
+        return [tenant_row(r) for r in rows]
 
     async def create_source(self, source: Source, write_key_hash: str) -> None:
         def insert(c: sqlite3.Connection) -> None:
@@ -209,7 +220,7 @@ class SqliteStore:
             if not c.execute("SELECT 1 FROM tenants WHERE id = ?", (d.tenant_id,)).fetchone():
                 raise Conflict(f"tenant {d.tenant_id} does not exist")
             c.execute(
-                f"INSERT INTO destinations ({_DEST_COLUMNS}) VALUES ({_placeholders(13)})",
+                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) VALUES ({_placeholders(13)})",
                 (
                     d.id,
                     d.tenant_id,
@@ -234,20 +245,20 @@ class SqliteStore:
     ) -> Destination | None:
         row = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_DEST_COLUMNS} FROM destinations WHERE tenant_id = ? AND id = ?",
+                f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE tenant_id = ? AND id = ?",
                 (tenant_id, destination_id),
             ).fetchone()
         )
-        return _destination(row) if row else None
+        return destination_row(row) if row else None
 
     async def list_destinations(self, tenant_id: TenantId) -> list[Destination]:
         rows = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_DEST_COLUMNS} FROM destinations WHERE tenant_id = ? ORDER BY id",
+                f"SELECT {DESTINATION_COLUMNS} FROM destinations WHERE tenant_id = ? ORDER BY id",
                 (tenant_id,),
             ).fetchall()
         )
-        return [_destination(r) for r in rows]
+        return [destination_row(r) for r in rows]
 
     async def enabled_destinations(self, tenant_ids: Sequence[TenantId]) -> list[Destination]:
         ids = list(dict.fromkeys(tenant_ids))
@@ -255,13 +266,13 @@ class SqliteStore:
             return []
         rows = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_DEST_COLUMNS} FROM destinations"
+                f"SELECT {DESTINATION_COLUMNS} FROM destinations"
                 f" WHERE tenant_id IN ({_placeholders(len(ids))}) AND status = 'enabled'"
                 " ORDER BY id",
                 ids,
             ).fetchall()
         )
-        return [_destination(r) for r in rows]
+        return [destination_row(r) for r in rows]
 
     async def set_destination_status(
         self,
@@ -365,11 +376,11 @@ class SqliteStore:
     async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None:
         row = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND id = ?",
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND id = ?",
                 (tenant_id, event_id),
             ).fetchone()
         )
-        return _stored_event(row) if row else None
+        return event_row(row) if row else None
 
     async def get_events(
         self, tenant_id: TenantId, event_ids: Sequence[EventId]
@@ -379,12 +390,12 @@ class SqliteStore:
             return []
         rows = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events"
+                f"SELECT {EVENT_COLUMNS} FROM events"
                 f" WHERE tenant_id = ? AND id IN ({_placeholders(len(ids))})",
                 [tenant_id, *ids],
             ).fetchall()
         )
-        return [_stored_event(r) for r in rows]
+        return [event_row(r) for r in rows]
 
     async def list_events(self, tenant_id: TenantId, query: EventQuery) -> list[StoredEvent]:
         where = ["tenant_id = ?"]
@@ -405,18 +416,18 @@ class SqliteStore:
             where.append("id < ?")
             args.append(query.after_id)
         sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
             " ORDER BY id DESC LIMIT ?"
         )
         rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
-        return [_stored_event(r) for r in rows]
+        return [event_row(r) for r in rows]
 
     # -- deliveries ---------------------------------------------------------------------
 
     async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> list[Delivery]:
         def claim(c: sqlite3.Connection) -> list[Delivery]:
             rows = c.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
                 " AND next_attempt_at_ms <= ? AND (lease_until_ms IS NULL OR lease_until_ms < ?)"
                 " ORDER BY next_attempt_at_ms LIMIT ?",
                 (now_ms, now_ms, limit),
@@ -426,7 +437,7 @@ class SqliteStore:
                     "UPDATE deliveries SET lease_until_ms = ? WHERE id = ?",
                     [(now_ms + lease_ms, r[0]) for r in rows],
                 )
-            return [_delivery(r) for r in rows]
+            return [delivery_row(r) for r in rows]
 
         return await self._db.write(claim)
 
@@ -521,11 +532,11 @@ class SqliteStore:
     async def get_delivery(self, tenant_id: TenantId, delivery_id: DeliveryId) -> Delivery | None:
         row = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = ? AND id = ?",
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = ? AND id = ?",
                 (tenant_id, delivery_id),
             ).fetchone()
         )
-        return _delivery(row) if row else None
+        return delivery_row(row) if row else None
 
     async def list_deliveries(self, tenant_id: TenantId, query: DeliveryQuery) -> list[Delivery]:
         where = ["tenant_id = ?"]
@@ -542,11 +553,11 @@ class SqliteStore:
             where.append("id < ?")
             args.append(query.after_id)
         sql = (
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)}"
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)}"
             " ORDER BY id DESC LIMIT ?"
         )
         rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
-        return [_delivery(r) for r in rows]
+        return [delivery_row(r) for r in rows]
 
     async def list_attempts(
         self, tenant_id: TenantId, delivery_ids: Sequence[DeliveryId]
@@ -673,11 +684,9 @@ class SqliteStore:
             for entry in entries:
                 seq += 1
                 digest = chain_hash(prev, seq, entry)
-                rows.append((seq, *_audit_columns(entry), prev, digest))
+                rows.append((seq, *audit_values(entry), prev, digest))
                 prev = digest
-            c.executemany(
-                f"INSERT INTO audit ({_AUDIT_COLUMNS}) VALUES ({_placeholders(13)})", rows
-            )
+            c.executemany(f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({_placeholders(13)})", rows)
 
         await self._db.write(append)
 
@@ -695,20 +704,20 @@ class SqliteStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit {clause} ORDER BY seq DESC LIMIT ?",
+                f"SELECT {AUDIT_COLUMNS} FROM audit {clause} ORDER BY seq DESC LIMIT ?",
                 [*args, limit],
             ).fetchall()
         )
-        return [_audit_record(r) for r in rows]
+        return [audit_record(r) for r in rows]
 
     async def audit_chain(self, *, after_seq: int, limit: int) -> list[AuditRecord]:
         rows = await self._db.read(
             lambda c: c.execute(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
         )
-        return [_audit_record(r) for r in rows]
+        return [audit_record(r) for r in rows]
 
     async def audit_anchor(self) -> tuple[int, str]:
         row = await self._db.read(
@@ -758,92 +767,6 @@ class SqliteStore:
             ).fetchall()
         )
         return [UsageRow(TenantId(r[0]), r[1], r[2], r[3]) for r in rows]
-
-
-_AUDIT_COLUMNS = (
-    "seq, at_ms, tenant_id, actor, client_id, source_ip, action, resource, outcome,"
-    " request_id, detail, prev_hash, hash"
-)
-
-
-def _audit_columns(e: AuditEntry) -> tuple[object, ...]:
-    return (
-        e.at_ms, e.tenant_id, e.actor, e.client_id, e.source_ip, e.action, e.resource,
-        e.outcome, e.request_id, e.detail,
-    )  # fmt: skip
-
-
-def _audit_record(row: Sequence[Any]) -> AuditRecord:
-    entry = AuditEntry(
-        at_ms=row[1], tenant_id=row[2], actor=row[3], client_id=row[4], source_ip=row[5],
-        action=row[6], resource=row[7], outcome=row[8], request_id=row[9], detail=row[10],
-    )  # fmt: skip
-    return AuditRecord(seq=row[0], entry=entry, prev_hash=row[11], hash=row[12])
-
-
-_DEST_COLUMNS = (
-    "id, tenant_id, name, url, secret_ct, filter, transform, retry_schedule, retry_4xx,"
-    " timeout_s, status, disabled_reason, created_at_ms"
-)
-_EVENT_COLUMNS = (
-    "id, tenant_id, source_id, kind, type, name_index, dedupe_index, received_at_ms, ciphertext"
-)
-_DELIVERY_COLUMNS = (
-    "id, tenant_id, event_id, destination_id, status, attempts, next_attempt_at_ms,"
-    " created_at_ms, updated_at_ms, last_error, replay_of"
-)
-
-
-def _tenant(row: Sequence[Any]) -> Tenant:
-    return Tenant(id=TenantId(row[0]), name=row[1], region=row[2], created_at_ms=row[3])
-
-
-def _destination(row: Sequence[Any]) -> Destination:
-    return Destination(
-        id=DestinationId(row[0]),
-        tenant_id=TenantId(row[1]),
-        name=row[2],
-        url=row[3],
-        secret_ciphertext=row[4],
-        filter=row[5],
-        transform=row[6],
-        retry_schedule=row[7],
-        retry_4xx=bool(row[8]),
-        timeout_s=row[9],
-        status=DestinationStatus(row[10]),
-        disabled_reason=row[11],
-        created_at_ms=row[12],
-    )
-
-
-def _stored_event(row: Sequence[Any]) -> StoredEvent:
-    meta = EventMeta(
-        id=EventId(row[0]),
-        tenant_id=TenantId(row[1]),
-        source_id=SourceId(row[2]),
-        kind=row[3],
-        type=row[4],
-        name_index=row[5],
-        dedupe_index=row[6],
-        received_at_ms=row[7],
-    )
-    return StoredEvent(meta=meta, ciphertext=row[8])
-
-
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        id=DeliveryId(row[0]),
-        tenant_id=TenantId(row[1]),
-        event_id=EventId(row[2]),
-        destination_id=DestinationId(row[3]),
-        status=DeliveryStatus(row[4]),
-        attempts=row[5],
-        next_attempt_at_ms=row[6],
-        created_at_ms=row[7],
-        updated_at_ms=row[8],
-        last_error=row[9],
-        replay_of=row[10],
-    )
 
 
 def _insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int | None) -> None:

@@ -1,0 +1,111 @@
+"""Row shapes shared by the SQL engines: column lists and row -> model conversions.
+
+The engines differ in placeholders and dialect, not in columns: both select these
+lists and turn rows into models with these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tidegate.model import (
+    Delivery,
+    DeliveryId,
+    DeliveryStatus,
+    Destination,
+    DestinationId,
+    DestinationStatus,
+    EventId,
+    EventMeta,
+    SourceId,
+    Tenant,
+    TenantId,
+)
+from tidegate.security.audit import AuditEntry, AuditRecord
+from tidegate.store.base import StoredEvent
+
+AUDIT_COLUMNS = (
+    "seq, at_ms, tenant_id, actor, client_id, source_ip, action, resource, outcome,"
+    " request_id, detail, prev_hash, hash"
+)
+
+
+def audit_values(e: AuditEntry) -> tuple[object, ...]:
+    return (
+        e.at_ms, e.tenant_id, e.actor, e.client_id, e.source_ip, e.action, e.resource,
+        e.outcome, e.request_id, e.detail,
+    )  # fmt: skip
+
+
+def audit_record(row: Sequence[Any]) -> AuditRecord:
+    entry = AuditEntry(
+        at_ms=row[1], tenant_id=row[2], actor=row[3], client_id=row[4], source_ip=row[5],
+        action=row[6], resource=row[7], outcome=row[8], request_id=row[9], detail=row[10],
+    )  # fmt: skip
+    return AuditRecord(seq=row[0], entry=entry, prev_hash=row[11], hash=row[12])
+
+
+DESTINATION_COLUMNS = (
+    "id, tenant_id, name, url, secret_ct, filter, transform, retry_schedule, retry_4xx,"
+    " timeout_s, status, disabled_reason, created_at_ms"
+)
+EVENT_COLUMNS = (
+    "id, tenant_id, source_id, kind, type, name_index, dedupe_index, received_at_ms, ciphertext"
+)
+DELIVERY_COLUMNS = (
+    "id, tenant_id, event_id, destination_id, status, attempts, next_attempt_at_ms,"
+    " created_at_ms, updated_at_ms, last_error, replay_of"
+)
+
+
+def tenant_row(row: Sequence[Any]) -> Tenant:
+    return Tenant(id=TenantId(row[0]), name=row[1], region=row[2], created_at_ms=row[3])
+
+
+def destination_row(row: Sequence[Any]) -> Destination:
+    return Destination(
+        id=DestinationId(row[0]),
+        tenant_id=TenantId(row[1]),
+        name=row[2],
+        url=row[3],
+        secret_ciphertext=row[4],
+        filter=row[5],
+        transform=row[6],
+        retry_schedule=row[7],
+        retry_4xx=bool(row[8]),
+        timeout_s=row[9],
+        status=DestinationStatus(row[10]),
+        disabled_reason=row[11],
+        created_at_ms=row[12],
+    )
+
+
+def event_row(row: Sequence[Any]) -> StoredEvent:
+    meta = EventMeta(
+        id=EventId(row[0]),
+        tenant_id=TenantId(row[1]),
+        source_id=SourceId(row[2]),
+        kind=row[3],
+        type=row[4],
+        name_index=row[5],
+        dedupe_index=row[6],
+        received_at_ms=row[7],
+    )
+    return StoredEvent(meta=meta, ciphertext=row[8])
+
+
+def delivery_row(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=DeliveryId(row[0]),
+        tenant_id=TenantId(row[1]),
+        event_id=EventId(row[2]),
+        destination_id=DestinationId(row[3]),
+        status=DeliveryStatus(row[4]),
+        attempts=row[5],
+        next_attempt_at_ms=row[6],
+        created_at_ms=row[7],
+        updated_at_ms=row[8],
+        last_error=row[9],
+        replay_of=row[10],
+    )
