@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(
         default=30, gt=0, description="Events (and their delivery history) kept this long."
     )
+    audit_retention_days: float = Field(
+        default=400,
+        ge=90,
+        description="Audit records are kept this long; SOC 2 needs at least 90 days, so"
+        " a lower value is refused at start-up.",
+    )
     housekeeping_interval_s: float = Field(default=60, gt=0)
     oidc_issuers: list[dict[str, Any]] = Field(
         default_factory=list,

@@ -21,16 +21,19 @@ from starlette.responses import JSONResponse, Response
 
 from tidegate import telemetry
 from tidegate.api import problems
+from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import SCOPES, Authenticator
 from tidegate.api.demo import DemoReceiver
 from tidegate.api.ingest.accept import Ingestor
 from tidegate.api.ingest.cloudevents import BATCH, STRUCTURED, CloudEventsEndpoint
 from tidegate.api.ingest.segment import TYPES, SegmentEndpoints
+from tidegate.api.operate import build_operate_router
 from tidegate.api.read import build_read_router
 from tidegate.errors import TidegateError
 from tidegate.pipeline.runner import Worker
 from tidegate.runtime import Runtime
 from tidegate.security import devissuer
+from tidegate.security.audit import Auditor
 from tidegate.security.devissuer import DevIssuer
 from tidegate.security.tokens import IssuerConfig, TokenValidator
 from tidegate.settings import Settings
@@ -67,6 +70,7 @@ _CLOUDEVENTS_BODY = {
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _REQUEST_PREFIX = secrets.token_hex(4)
+MAX_HEADER_BYTES = 16 * 1024
 _request_numbers = itertools.count(1)
 
 
@@ -79,9 +83,12 @@ class Front:
     path, and they need nothing from it. Everything else is served by FastAPI.
     """
 
-    def __init__(self, api: FastAPI, fast: dict[str, Endpoint]) -> None:
+    def __init__(
+        self, api: FastAPI, fast: dict[str, Endpoint], access: AccessAudit | None = None
+    ) -> None:
         self.api = api
         self.fast = fast
+        self.access = access
 
     @property
     def state(self) -> Any:
@@ -92,7 +99,9 @@ class Front:
             await self.api(scope, receive, send)
             return
         incoming = ""
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
         request_id = (
@@ -116,7 +125,15 @@ class Front:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             endpoint = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
-            if endpoint is None:
+            if header_bytes > MAX_HEADER_BYTES:
+                request = Request(scope, receive)
+                response = problems.problem(
+                    431, "headers_too_large", "Request header fields too large",
+                    f"request headers total {header_bytes} bytes; the limit is"
+                    f" {MAX_HEADER_BYTES}", request,
+                )  # fmt: skip
+                await response(scope, receive, send_with_id)
+            elif endpoint is None:
                 await self.api(scope, receive, send_with_id)
             else:
                 request = Request(scope, receive)
@@ -133,6 +150,11 @@ class Front:
                 log.info(
                     "request.refused", method=scope["method"], path=scope["path"], status=status
                 )
+            if status in (401, 403) and self.access is not None:
+                try:
+                    await self.access.denied(scope, status)
+                except Exception:
+                    log.exception("audit.write_failed", action="auth.failed")
             structlog.contextvars.unbind_contextvars("request_id")
 
 
@@ -176,7 +198,8 @@ def build_app(runtime: Runtime) -> Front:
 
     validator = build_validator(settings)
     auth = Authenticator(runtime, validator)
-    fast = _mount_api(app, runtime, worker, auth) if "api" in settings.roles else {}
+    access = AccessAudit(Auditor(runtime.store.audit))
+    fast = _mount_api(app, runtime, worker, auth, access) if "api" in settings.roles else {}
     app.openapi = lambda: _openapi_with_scopes(app)  # type: ignore[method-assign]
 
     async def livez(_request: Request) -> Response:
@@ -211,11 +234,15 @@ def build_app(runtime: Runtime) -> Front:
 
     app.state.worker = worker
     app.state.runtime = runtime
-    return Front(app, fast)
+    return Front(app, fast, access)
 
 
 def _mount_api(
-    app: FastAPI, runtime: Runtime, worker: Worker | None, auth: Authenticator
+    app: FastAPI,
+    runtime: Runtime,
+    worker: Worker | None,
+    auth: Authenticator,
+    access: AccessAudit,
 ) -> dict[str, Endpoint]:
     """The api role: ingest and the /v1 API. Returns the ingest fast paths for Front."""
     ingestor = Ingestor(runtime, auth)
@@ -248,7 +275,8 @@ def _mount_api(
         openapi_extra=_CLOUDEVENTS_BODY,
     )
 
-    app.include_router(build_read_router(runtime, auth, worker.wake if worker else _noop))
+    app.include_router(build_read_router(runtime, auth, access, worker.wake if worker else _noop))
+    app.include_router(build_operate_router(runtime, auth, access))
 
     fast: dict[str, Endpoint] = {f"/v1/{kind}": segment.single(kind) for kind in TYPES}
     fast["/v1/batch"] = segment.batch

@@ -47,6 +47,8 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
 
     principal: Principal
     tenant: Tenant
+    request_id: str | None = None
+    source_ip: str | None = None
 
 
 class Authenticator:
@@ -100,6 +102,7 @@ class Authenticator:
 
         async def dependency(request: Request) -> Caller:
             principal = await self.principal(request)
+            request.scope["tidegate.principal"] = principal
             if scope not in principal.scopes:
                 raise Forbidden(f"this credential lacks the {scope!r} scope", scope=scope)
             if principal.tenant_id is None:
@@ -109,7 +112,12 @@ class Authenticator:
                 raise Forbidden("the credential's tenant does not exist in this cell")
             check_region(self._rt.settings, tenant.region)
             request.scope["tidegate.principal"] = principal
-            return Caller(principal=principal, tenant=tenant)
+            return Caller(
+                principal=principal,
+                tenant=tenant,
+                request_id=request.scope.get("tidegate.request_id"),
+                source_ip=request.client.host if request.client else None,
+            )
 
         dependency.__name__ = f"require_{scope.replace(':', '_')}"
         return dependency
@@ -119,6 +127,7 @@ class Authenticator:
 
         async def dependency(request: Request) -> Principal:
             principal = await self.principal(request)
+            request.scope["tidegate.principal"] = principal
             if ADMIN_SCOPE not in principal.scopes:
                 raise Forbidden(f"operator endpoint: needs the {ADMIN_SCOPE!r} scope")
             if not principal.has_mfa:

@@ -47,6 +47,7 @@ async def on_tidegate_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TidegateError)  # noqa: S101 - registered for this type only
     if exc.status >= 500:
         log.warning("request.failed", code=exc.code, detail=exc.detail)
+    request.scope["tidegate.problem"] = exc.detail
     return problem(exc.status, exc.code, exc.title, exc.detail, request, **exc.extensions)
 
 

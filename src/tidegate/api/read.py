@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidegate.admin import create_destination as create_destination_op
 from tidegate.admin import replay_targets
+from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import Authenticator, Caller
 from tidegate.errors import InvalidRequest, NotFound
 from tidegate.ids import now_ms
@@ -219,7 +220,9 @@ async def decrypt_event(runtime: Runtime, stored: StoredEvent, *, with_payload: 
     )
 
 
-def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -> APIRouter:
+def build_read_router(
+    runtime: Runtime, auth: Authenticator, access: AccessAudit, wake_worker: Any
+) -> APIRouter:
     router = APIRouter(prefix="/v1")
     store = runtime.store
     Need_destinations_read = Annotated[Caller, Depends(auth.require("destinations:read"))]
@@ -256,6 +259,7 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
         rows = await store.events.list_events(tenant.id, query)
         data = [await event_out(tenant, r, with_payload=False) for r in rows]
         nxt = encode_cursor(rows[-1].meta.id) if len(rows) == limit else None
+        await access.allowed(caller, "events.list", None)
         return EventPage(data=data, next_cursor=nxt)
 
     @router.get("/events/{event_id}", response_model=EventOut, tags=["events"])
@@ -265,7 +269,9 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
         stored = await store.events.get_event(tenant.id, EventId(event_id))
         if stored is None:
             raise NotFound(f"no event {event_id}")
-        return await event_out(tenant, stored, with_payload=True)
+        out = await event_out(tenant, stored, with_payload=True)
+        await access.allowed(caller, "event.payload.read", event_id)
+        return out
 
     @router.get("/events/{event_id}/deliveries", response_model=list[DeliveryOut], tags=["events"])
     async def event_deliveries(caller: Need_events_read, event_id: str) -> list[DeliveryOut]:
@@ -280,6 +286,7 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
         by_delivery: dict[str, list[Attempt]] = {d.id: [] for d in rows}
         for a in attempts:
             by_delivery[a.delivery_id].append(a)
+        await access.allowed(caller, "event.attempts.read", event_id)
         return [delivery_out(d, by_delivery[d.id]) for d in rows]
 
     @router.post(
@@ -297,6 +304,7 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
             tenant.id, event_ids=[EventId(event_id)], destination_ids=targets, now_ms=now_ms()
         )
         wake_worker()
+        await access.allowed(caller, "replay.event", event_id, detail=f"{count} deliveries")
         return ReplayOut(replayed=count)
 
     @router.get("/deliveries", response_model=DeliveryPage, tags=["deliveries"])
@@ -318,6 +326,7 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
             ),
         )
         nxt = encode_cursor(rows[-1].id) if len(rows) == limit else None
+        await access.allowed(caller, "dead_letters.list" if status == "dead" else "deliveries.list")
         return DeliveryPage(data=[delivery_out(d) for d in rows], next_cursor=nxt)
 
     @router.get("/dead-letters", response_model=DeliveryPage, tags=["deliveries"])
@@ -353,12 +362,15 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
             retry_4xx=body.retry_4xx,
             timeout_s=body.timeout_s,
         )
+        await access.allowed(caller, "destination.create", destination.id)
         return DestinationCreated(**destination_out(destination).model_dump(), secret=secret)
 
     @router.get("/destinations", response_model=list[DestinationOut], tags=["destinations"])
     async def list_destinations(caller: Need_destinations_read) -> list[DestinationOut]:
         tenant = caller.tenant
-        return [destination_out(d) for d in await store.destinations.list_destinations(tenant.id)]
+        rows = await store.destinations.list_destinations(tenant.id)
+        await access.allowed(caller, "destinations.list")
+        return [destination_out(d) for d in rows]
 
     @router.get(
         "/destinations/{destination_id}", response_model=DestinationOut, tags=["destinations"]
@@ -370,6 +382,7 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
         found = await store.destinations.get_destination(tenant.id, DestinationId(destination_id))
         if found is None:
             raise NotFound(f"no destination {destination_id}")
+        await access.allowed(caller, "destination.read", destination_id)
         return destination_out(found)
 
     @router.post(
@@ -392,6 +405,7 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
             now_ms=now_ms(),
         )
         wake_worker()
+        await access.allowed(caller, "replay.range", destination_id, detail=f"{count} deliveries")
         return ReplayOut(replayed=count)
 
     @router.post(
@@ -406,6 +420,9 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
         (target,) = await replay_targets(runtime, tenant.id, destination_id)
         count = await store.deliveries.replay_dead_letters(tenant.id, target, now_ms=now_ms())
         wake_worker()
+        await access.allowed(
+            caller, "replay.dead_letters", destination_id, detail=f"{count} deliveries"
+        )
         return ReplayOut(replayed=count)
 
     @router.get("/usage", response_model=list[UsageOut], tags=["usage"])
@@ -417,6 +434,7 @@ def build_read_router(runtime: Runtime, auth: Authenticator, wake_worker: Any) -
         rows = await store.usage.usage_report(
             tenant.id, since_ms=parse_time(since, "since"), until_ms=parse_time(until, "until")
         )
+        await access.allowed(caller, "usage.read")
         return [UsageOut(hour=iso(r.hour_ms), meter=r.meter, value=r.value) for r in rows]
 
     return router

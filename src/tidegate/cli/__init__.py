@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tidegate.cli.admin import apikeys, destinations, keys, sources, tenants
+from tidegate.cli.audit import audit
 from tidegate.cli.data import deliveries, events, replay, usage
 from tidegate.cli.dev import dev
 from tidegate.cli.migrate import migrate
@@ -33,6 +34,7 @@ for command in (
     replay,
     usage,
     migrate,
+    audit,
     dev,
 ):
     cli.add_command(command)

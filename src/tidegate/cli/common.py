@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from tidegate.errors import TidegateError
 from tidegate.runtime import Runtime, open_runtime
@@ -22,8 +23,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def run(action: Callable[[Runtime], Awaitable[T]]) -> T:
     """Open the engines, run `action`, close them; errors exit 1 with their detail."""
 
+    settings = load_settings()
+
     async def main() -> T:
-        runtime = open_runtime(Settings())
+        runtime = open_runtime(settings)
         try:
             return await action(runtime)
         finally:
@@ -34,6 +37,17 @@ def run(action: Callable[[Runtime], Awaitable[T]]) -> T:
     except TidegateError as exc:
         click.echo(f"error: {exc.detail}", err=True)
         sys.exit(1)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment; an invalid one exits 2 naming its variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "TIDEGATE_" + "_".join(str(p) for p in error["loc"]).upper()
+            click.echo(f"error: {name}: {error['msg']}", err=True)
+        sys.exit(2)
 
 
 def emit(data: Any, as_json: bool, text: str | Callable[[], str]) -> None:

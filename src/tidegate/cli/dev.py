@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from tidegate.api.auth import SCOPES
-from tidegate.cli.common import emit, json_option
+from tidegate.cli.common import emit, json_option, load_settings
 from tidegate.security.devissuer import DevIssuer
-from tidegate.settings import Settings
 
 
 @click.group()
@@ -31,7 +30,7 @@ def dev_token(
     tenant: str | None, scopes: tuple[str, ...], mfa: bool, ttl: int, as_json: bool
 ) -> None:
     """Mint an access token signed by the development issuer (TIDEGATE_DEV_TOKENS)."""
-    settings = Settings()
+    settings = load_settings()
     if not settings.dev_tokens:
         raise click.ClickException(
             "the development issuer is off: set TIDEGATE_DEV_TOKENS=true (serve --demo does)"

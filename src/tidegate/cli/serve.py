@@ -14,6 +14,7 @@ import uvicorn
 
 from tidegate import admin
 from tidegate.api.app import build_app
+from tidegate.cli.common import load_settings
 from tidegate.errors import TidegateError
 from tidegate.model import DestinationId, TenantId
 from tidegate.runtime import Runtime, open_runtime
@@ -32,7 +33,7 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    base = Settings()
+    base = load_settings()
     if demo or base.demo:
         # The demo destination is this process's own receiver on http://127.0.0.1.
         overrides["demo"] = True
@@ -40,7 +41,7 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
         if not base.oidc_issuers and base.resolved_store_url.startswith("sqlite"):
             overrides["dev_tokens"] = True
         overrides["ssrf_allow_cidrs"] = (*base.ssrf_allow_cidrs, "127.0.0.1/32")
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     try:
         import uvloop

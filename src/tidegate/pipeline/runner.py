@@ -96,8 +96,16 @@ class Worker:
             purged = await self._rt.store.events.purge(
                 now_ms=now, events_before_ms=now - int(settings.event_retention_days * 86_400_000)
             )
-            if trimmed or purged:
-                log.info("housekeeping.done", log_records_trimmed=trimmed, events_purged=purged)
+            audit_purged = await self._rt.store.audit.purge_audit(
+                now - int(settings.audit_retention_days * 86_400_000)
+            )
+            if trimmed or purged or audit_purged:
+                log.info(
+                    "housekeeping.done",
+                    log_records_trimmed=trimmed,
+                    events_purged=purged,
+                    audit_records_purged=audit_purged,
+                )
 
     async def stop(self, *, drain_timeout_s: float = 10.0) -> None:
         for task in self._tasks:

@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 _KEY_TYPES = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
-REFRESH_MIN_S = 30.0
+REFRESH_MIN_S = 5.0
 MAX_AGE_S = 600.0
 LEEWAY_S = 30
 MAX_TOKEN_BYTES = 8192
