@@ -22,8 +22,13 @@ $(VENV)/.test-deps: $(BIN)/python pyproject.toml constraints.txt
 run: $(VENV)/.run-deps
 	$(BIN)/tidegate serve --demo
 
+# The OpenID provider the identity tests run (npm's oidc-provider on the machine's Node.js).
+tests/idp/node_modules/.installed: tests/idp/package.json tests/idp/package-lock.json
+	cd tests/idp && npm ci --no-audit --no-fund
+	touch $@
+
 ## make test: lint, type-check and the whole suite (starts what the tests need).
-test: $(VENV)/.test-deps lint typecheck
+test: $(VENV)/.test-deps tests/idp/node_modules/.installed lint typecheck
 	$(BIN)/pytest
 
 lint: $(VENV)/.test-deps
