@@ -1,9 +1,8 @@
 """Engine fixtures for the contract suites: every test runs unchanged on every engine.
 
-A new engine is one more entry in ENGINES (Kafka arrives with the production-engines
-issue). PostgreSQL tests each get a new, empty database on the server `tests/pg.py`
-finds or starts: the store's claims and lease releases are global, so tests must not
-share one.
+A new engine is one more entry in ENGINES. PostgreSQL tests each get a new, empty
+database on the server `tests/pg.py` finds or starts: the store's claims and lease
+releases are global, so tests must not share one.
 """
 
 from __future__ import annotations
@@ -13,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.kafka_broker import KafkaBroker
 from tests.pg import Databases, find_or_start_postgres, stop_postgres
 from tidegate.eventlog import EventLog, open_event_log
 from tidegate.store import Store, open_store
 
-LOG_ENGINES = ["sqlite"]
+LOG_ENGINES = ["sqlite", "kafka"]
 STORE_ENGINES = ["sqlite", "postgres"]
 
 
-def log_url(engine: str, tmp_path: Path) -> str:
+def log_url(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if engine == "kafka":
+        broker: KafkaBroker = request.getfixturevalue("kafka_broker")
+        return broker.log_url()  # a namespace of its own: fresh topics and groups
     assert engine == "sqlite", engine
     return f"sqlite:///{tmp_path}/log.db"
 
@@ -52,11 +55,22 @@ def postgres_url(postgres: Databases) -> Iterator[str]:
     postgres.drop(url)
 
 
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """The Kafka-protocol broker (Tansu), started once for the session."""
+    try:
+        broker = KafkaBroker.start(tmp_path_factory.mktemp("kafka"))
+    except RuntimeError as exc:
+        pytest.fail(f"cannot start the Kafka broker: {exc}", pytrace=False)
+    yield broker
+    broker.stop()
+
+
 @pytest.fixture(params=LOG_ENGINES)
 async def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
     """Opens logs on one engine location, so a test can 'restart' by opening again."""
     opened: list[EventLog] = []
-    url = log_url(request.param, tmp_path)
+    url = log_url(request.param, request, tmp_path)
 
     def open_log() -> EventLog:
         log = open_event_log(url)

@@ -28,7 +28,10 @@ events stay in one partition, in order. `append` returns once every record is
 acknowledged by all in-sync replicas (idempotent producer, `acks=all`). Each
 `consume` iterator is one member of the consumer group (cooperative-sticky): its
 offsets move only on `commit` (at-least-once), and it leaves the group when the
-iterator is closed or dropped, or on `aclose`. Retention is Kafka's: `trim` is a no-op.
+iterator is closed or dropped, or on `aclose`, so commit a batch before dropping its
+iterator. A member starts fetching once the broker has let it join the group (Apache
+Kafka holds a new group for `group.initial.rebalance.delay.ms`); from then on a new
+record reaches it within one fetch round trip. Retention is Kafka's: `trim` is a no-op.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
@@ -118,8 +122,8 @@ _CONSUMER_REQUIRED: dict[str, Any] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
 }
-# A commit refused because the partitions moved to another member: their records
-# are redelivered there, which at-least-once allows.
+# A commit refused because the partitions moved to another member (their records are
+# redelivered there, which at-least-once allows), or with nothing left to commit.
 _LOST_OWNERSHIP = frozenset(
     {
         KafkaError.ILLEGAL_GENERATION,
@@ -133,7 +137,6 @@ _NOT_ALLOWED_TO_CREATE = frozenset(
     {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
 )
 _POLL_S = 0.1
-_ADMIN_TIMEOUT_S = 30.0
 _FLUSH_TIMEOUT_S = 10.0
 
 
@@ -146,6 +149,11 @@ class KafkaSettings(msgspec.Struct, frozen=True):
     partitions: int = 12
     replication_factor: int = 1
     topic_prefix: str = ""
+
+    @property
+    def timeout_s(self) -> float:
+        """How long an append may wait for the broker: also bounds topic creation."""
+        return float(self.producer["delivery.timeout.ms"]) / 1000
 
     @classmethod
     def from_url(cls, url: str) -> KafkaSettings:
@@ -189,11 +197,13 @@ class KafkaEventLog:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        # Created now: an idempotent producer needs its producer id (~0.5 s) before
-        # the first append can complete.
+        # Created now: an idempotent producer needs a producer id from the broker (up
+        # to ~0.5 s with librdkafka) before the first append can complete.
         try:
             self._producer = Producer(settings.producer)
-        except (KafkaException, ValueError, TypeError) as exc:
+        except KafkaException as exc:
+            raise ConfigError(f"{ENV_VAR}: {exc.args[0].str()}") from exc
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"{ENV_VAR}: {exc}") from exc
         self._known_topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
@@ -281,9 +291,13 @@ class KafkaEventLog:
         await asyncio.gather(*(member.aclose() for member in list(self._members)))
         unsent = await asyncio.to_thread(self._producer.flush, _FLUSH_TIMEOUT_S)
         if unsent:
+            # Their appends fail with BackendUnavailable (close would wait for them forever).
             log.warning("eventlog.records_unsent", count=unsent)
+            await asyncio.to_thread(self._producer.purge)
+            await asyncio.to_thread(self._producer.flush, _POLL_S)
         self._stop_deliveries.set()
         await asyncio.to_thread(self._deliveries.join)
+        await asyncio.to_thread(self._producer.close)
 
     def _serve_deliveries(self) -> None:
         """Run delivery callbacks (they resolve `append`'s futures) as reports arrive."""
@@ -306,7 +320,7 @@ class KafkaEventLog:
         )
         try:
             admin = AdminClient(self._settings.common)
-            admin.create_topics([new], request_timeout=_ADMIN_TIMEOUT_S)[name].result()
+            admin.create_topics([new], request_timeout=self._settings.timeout_s)[name].result()
         except KafkaException as exc:
             code = exc.args[0].code()
             if code == KafkaError.TOPIC_ALREADY_EXISTS:
@@ -317,11 +331,23 @@ class KafkaEventLog:
             raise BackendUnavailable(f"event log: cannot create topic {name!r}") from exc
 
 
-class _Member:
-    """One consumer group member: a thread polls and hands batches to the event loop.
+class _Commit(msgspec.Struct, frozen=True):
+    offsets: dict[int, int]
+    done: asyncio.Future[None]
 
-    The thread fetches at most one batch ahead of the iterator; batches handed over
-    but never committed are redelivered after a restart or a rebalance.
+
+_WANT = "want"  # the iterator waits for a batch
+_STOP = "stop"
+
+
+class _Member:
+    """One consumer group member, driven by its own thread.
+
+    The thread owns the librdkafka consumer: it fetches a batch when the iterator
+    asks for one, and runs commits and the final leave in the order they were
+    requested (a commit requested before the iterator closes is done before the
+    member leaves the group). Batches yielded but not committed are redelivered
+    after a restart or a rebalance.
     """
 
     def __init__(self, settings: KafkaSettings, topic: str, group: str, max_records: int) -> None:
@@ -331,90 +357,102 @@ class _Member:
         self._config = settings.consumer | {"group.id": settings.topic_prefix + group}
         self._max_records = max(1, max_records)
         self._loop = asyncio.get_running_loop()
+        self._inbox: queue.SimpleQueue[_Commit | str] = queue.SimpleQueue()
         self._batches: asyncio.Queue[Batch | BackendUnavailable | None] = asyncio.Queue()
         self._done: asyncio.Future[None] = self._loop.create_future()
-        self._ahead = threading.Semaphore(1)
-        self._stopping = threading.Event()
-        # Guards `_consumer` between commits (executor threads) and close (member thread).
-        self._lock = threading.Lock()
-        self._consumer: Consumer | None = None
-        self._owned: frozenset[int] = frozenset()
-        self._commits: set[asyncio.Future[None]] = set()
         self._thread: threading.Thread | None = None
+        self._is_stopping = False
+        self._has_ended = False
 
     async def next_batch(self) -> Batch | None:
+        if self._has_ended:
+            return None
         if self._thread is None:
-            if self._stopping.is_set():
+            if self._is_stopping:
                 return None
             self._thread = threading.Thread(
                 target=self._run, name=f"kafka-consumer:{self._config['group.id']}", daemon=True
             )
             self._thread.start()
+        self._inbox.put(_WANT)
         item = await self._batches.get()
-        if item is None:
-            self._batches.put_nowait(None)
-            return None
-        if isinstance(item, BackendUnavailable):
+        if isinstance(item, Batch):
+            return item
+        self._has_ended = True
+        if item is not None:
             raise item
-        self._ahead.release()
-        return item
+        return None
 
     def commit(self, offsets: dict[int, int]) -> asyncio.Future[None]:
-        done = self._loop.run_in_executor(None, self._commit_owned, offsets)
-        self._commits.add(done)
-        done.add_done_callback(self._commits.discard)
+        done: asyncio.Future[None] = self._loop.create_future()
+        if self._thread is None:  # nothing was yielded, so nothing to commit
+            done.set_result(None)
+        else:
+            self._inbox.put(_Commit(offsets, done))
         return done
 
     async def aclose(self) -> None:
-        """Finish pending commits, then leave the group; ends `next_batch`."""
-        if self._commits:
-            await asyncio.wait(set(self._commits))
-        self._stopping.set()
-        if self._thread is None:
-            return
-        await asyncio.shield(self._done)
-
-    def _commit_owned(self, offsets: dict[int, int]) -> None:
-        with self._lock:
-            owned = [
-                TopicPartition(self._name, partition, offset)
-                for partition, offset in offsets.items()
-                if partition in self._owned
-            ]
-            if self._consumer is None or not owned:
-                return
-            try:
-                self._consumer.commit(offsets=owned, asynchronous=False)
-            except KafkaException as exc:
-                if exc.args[0].code() in _LOST_OWNERSHIP:
-                    log.info("eventlog.commit_lost", group=self.group, reason=exc.args[0].str())
-                    return
-                raise BackendUnavailable(f"event log: commit failed for {self.group!r}") from exc
+        """Leave the group once the commits already requested are done; ends `next_batch`."""
+        if not self._is_stopping:
+            self._is_stopping = True
+            self._inbox.put(_STOP)
+        if self._thread is not None:
+            await asyncio.shield(self._done)
 
     def _run(self) -> None:
-        failure: BackendUnavailable | None = None
         try:
             consumer = Consumer(self._config)
-            consumer.subscribe([self._name], on_assign=self._assigned, on_revoke=self._revoked)
         except KafkaException as exc:
-            self._finish(_unavailable(f"cannot join group {self.group!r}", exc))
+            self._finish(_unavailable(f"cannot create a consumer for {self.group!r}", exc))
             return
-        self._consumer = consumer
+        failure: BackendUnavailable | None = None
         try:
-            while not self._stopping.is_set():
-                batch = self._fetch(consumer)
-                if batch is not None and not self._hand_over(batch):
-                    break
+            consumer.subscribe([self._name])
+            self._serve(consumer)
         except KafkaException as exc:
             failure = _unavailable(f"consumer failed in group {self.group!r}", exc)
         finally:
-            with self._lock:
-                self._consumer = None
-                try:
-                    consumer.close()
-                except (KafkaException, RuntimeError) as exc:
-                    log.warning("eventlog.leave_failed", group=self.group, reason=str(exc))
+            try:
+                consumer.close()  # leaves the group: its partitions move on at once
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("eventlog.leave_failed", group=self.group, reason=str(exc))
             self._finish(failure)
+
+    def _serve(self, consumer: Consumer) -> None:
+        is_wanted = False
+        while True:
+            try:
+                # Idle until asked; while a batch is wanted, fetching runs between commands.
+                command = self._inbox.get_nowait() if is_wanted else self._inbox.get()
+            except queue.Empty:
+                command = None
+            if command == _STOP:
+                return
+            if command == _WANT:
+                is_wanted = True
+            elif isinstance(command, _Commit):
+                self._commit(consumer, command)
+            if is_wanted and (batch := self._fetch(consumer)) is not None:
+                self._call(self._batches.put_nowait, batch)
+                is_wanted = False
+
+    def _commit(self, consumer: Consumer, command: _Commit) -> None:
+        owned = {tp.partition for tp in consumer.assignment()}
+        offsets = [
+            TopicPartition(self._name, partition, offset)
+            for partition, offset in command.offsets.items()
+            if partition in owned  # the others moved: their new owner gets them again
+        ]
+        result: BackendUnavailable | None = None
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() in _LOST_OWNERSHIP:
+                    log.info("eventlog.commit_lost", group=self.group, reason=exc.args[0].str())
+                else:
+                    result = _unavailable(f"commit failed in group {self.group!r}", exc)
+        self._call(_settle, command.done, result)
 
     def _fetch(self, consumer: Consumer) -> Batch | None:
         # consume(n, timeout) waits for n messages or the whole timeout; poll returns
@@ -438,22 +476,17 @@ class _Member:
             return None
         return Batch(topic=self.topic, group=self.group, records=tuple(records))
 
-    def _hand_over(self, batch: Batch) -> bool:
-        while not self._ahead.acquire(timeout=_POLL_S):
-            if self._stopping.is_set():
-                return False
-        self._call(self._batches.put_nowait, batch)
-        return True
-
-    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._owned = self._owned | {p.partition for p in partitions}
-
-    def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._owned = self._owned - {p.partition for p in partitions}
-
     def _finish(self, failure: BackendUnavailable | None) -> None:
+        """End the iterator; commits requested too late are not done (redelivered)."""
         self._call(self._batches.put_nowait, failure)
-        self._call(_resolve, self._done, None)
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, _Commit):
+                self._call(_settle, command.done, None)
+        self._call(_settle, self._done, None)
 
     def _call(self, fn: Callable[..., object], *args: object) -> None:
         _call_soon(self._loop, fn, *args)
@@ -484,6 +517,15 @@ def _resolve(future: asyncio.Future[Any], value: object) -> None:
         future.set_result(value)
 
 
+def _settle(future: asyncio.Future[None], failure: BackendUnavailable | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)
+
+
 def _unavailable(what: str, exc: KafkaException) -> BackendUnavailable:
     error = BackendUnavailable(f"event log: {what}")
     error.__cause__ = exc
@@ -491,7 +533,11 @@ def _unavailable(what: str, exc: KafkaException) -> BackendUnavailable:
 
 
 def _log_error(error: KafkaError) -> None:
-    log.warning("eventlog.kafka_error", code=error.name(), reason=error.str())
+    """librdkafka retries on its own; say so only when no broker at all is reachable."""
+    is_serious = error.fatal() or error.code() == KafkaError._ALL_BROKERS_DOWN
+    (log.warning if is_serious else log.debug)(
+        "eventlog.kafka_error", code=error.name(), reason=error.str()
+    )
 
 
 def _positive_int(value: str, name: str) -> int:
