@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.kafka_broker import KafkaBroker
-from tests.pg import Databases, find_or_start_postgres, stop_postgres
+from tests.pg import Databases
 from tidegate.eventlog import EventLog, open_event_log
 from tidegate.store import Store, open_store
 
@@ -37,33 +37,12 @@ def store_url(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> st
     return f"sqlite:///{tmp_path}/store.db"
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
-    """The PostgreSQL server (found or started once) and this run's databases on it."""
-    tmp_dir = tmp_path_factory.mktemp("postgres")
-    databases = Databases(find_or_start_postgres(tmp_dir))
-    yield databases
-    databases.drop_all()
-    stop_postgres(tmp_dir)
-
-
 @pytest.fixture
 def postgres_url(postgres: Databases) -> Iterator[str]:
     """A new, empty database of this run, dropped after the test."""
     url = postgres.create()
     yield url
     postgres.drop(url)
-
-
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """The Kafka-protocol broker (Tansu), started once for the session."""
-    try:
-        broker = KafkaBroker.start(tmp_path_factory.mktemp("kafka"))
-    except RuntimeError as exc:
-        pytest.fail(f"cannot start the Kafka broker: {exc}", pytrace=False)
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture(params=LOG_ENGINES)
