@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,9 @@ import click
 from pydantic import ValidationError
 
 from tidegate.errors import TidegateError
+from tidegate.ids import now_ms
 from tidegate.runtime import Runtime, open_runtime
+from tidegate.security.audit import AuditEntry
 from tidegate.settings import Settings
 
 T = TypeVar("T")
@@ -37,6 +40,28 @@ def run(action: Callable[[Runtime], Awaitable[T]]) -> T:
     except TidegateError as exc:
         click.echo(f"error: {exc.detail}", err=True)
         sys.exit(1)
+
+
+async def record(
+    rt: Runtime, action: str, tenant_id: str | None, resource: str | None, detail: str | None = None
+) -> None:
+    """Audit an operator's CLI action (actor `cli:<OS user>`), before printing its result."""
+    await rt.store.audit.append_audit(
+        [
+            AuditEntry(
+                at_ms=now_ms(),
+                tenant_id=tenant_id,
+                actor=f"cli:{getpass.getuser()}",
+                client_id=None,
+                source_ip=None,
+                action=action,
+                resource=resource,
+                outcome="success",
+                request_id=None,
+                detail=detail,
+            )
+        ]
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,7 +8,7 @@ import click
 
 from tidegate import admin
 from tidegate.api.read import attempt_out, decrypt_event, delivery_out, iso, parse_time
-from tidegate.cli.common import emit, json_option, run
+from tidegate.cli.common import emit, json_option, record, run
 from tidegate.errors import NotFound
 from tidegate.ids import now_ms
 from tidegate.model import DestinationId, EventId, TenantId
@@ -43,6 +43,7 @@ def events_get(event_id: str, tenant: str, as_json: bool) -> None:
             delivery_out(d, [a for a in attempts if a.delivery_id == d.id]).model_dump()
             for d in rows
         ]
+        await record(rt, "event.payload.read", tenant, event_id)
         return event
 
     data = run(action)
@@ -73,6 +74,7 @@ def events_list(
             limit=limit,
         )
         rows = await rt.store.events.list_events(TenantId(tenant), query)
+        await record(rt, "events.list", tenant, None)
         return [(await decrypt_event(rt, r, with_payload=False)).model_dump() for r in rows]
 
     data = run(action)
@@ -156,6 +158,7 @@ def replay_event(event_id: str, tenant: str, destination_id: str | None, as_json
         if await rt.store.events.get_event(TenantId(tenant), EventId(event_id)) is None:
             raise NotFound(f"no event {event_id} for tenant {tenant}")
         targets = await admin.replay_targets(rt, tenant, destination_id)
+        await record(rt, "replay.event", tenant, event_id)
         return await rt.store.deliveries.replay_events(
             TenantId(tenant),
             event_ids=[EventId(event_id)],
@@ -180,6 +183,7 @@ def replay_range(
 
     async def action(rt: Runtime) -> int:
         targets = await admin.replay_targets(rt, tenant, destination_id)
+        await record(rt, "replay.range", tenant, destination_id)
         return await rt.store.deliveries.replay_events(
             TenantId(tenant),
             since_ms=parse_time(since, "--since"),
@@ -201,6 +205,7 @@ def replay_dead_letters(tenant: str, destination_id: str, as_json: bool) -> None
 
     async def action(rt: Runtime) -> int:
         (target,) = await admin.replay_targets(rt, tenant, destination_id)
+        await record(rt, "replay.dead_letters", tenant, destination_id)
         return await rt.store.deliveries.replay_dead_letters(
             TenantId(tenant), target, now_ms=now_ms()
         )
