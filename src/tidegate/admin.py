@@ -1,6 +1,13 @@
-"""Administrative operations shared by the CLI and (later) the management API."""
+"""Administrative operations shared by the CLI and the management API.
+
+Every operation takes the tenant id from its caller (the credential, or the operator's
+--tenant) and finds resources within that tenant only: another tenant's id is NotFound.
+"""
 
 from __future__ import annotations
+
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from tidegate.errors import MisdirectedRequest, NotFound, ValidationFailed
 from tidegate.ids import (
@@ -13,13 +20,23 @@ from tidegate.ids import (
     new_write_key,
     now_ms,
 )
-from tidegate.model import Destination, DestinationId, Source, Tenant, TenantId
+from tidegate.model import (
+    Destination,
+    DestinationId,
+    DestinationStatus,
+    Source,
+    SourceId,
+    Tenant,
+    TenantId,
+)
 from tidegate.pipeline.retry import RetrySchedule
 from tidegate.pipeline.transform import Filter, Transform
 from tidegate.runtime import Runtime
 from tidegate.settings import Settings
 
 REGIONS = ("eu", "us")
+MAX_KEY_OVERLAP_S = 86_400
+MAX_SECRET_OVERLAP_S = 7 * 86_400
 
 
 async def create_tenant(rt: Runtime, name: str, region: str) -> Tenant:
@@ -85,6 +102,48 @@ async def create_destination(
 ) -> tuple[Destination, str]:
     """Validate everything (SSRF after DNS included), store, return the whsec_ secret once."""
     tenant = await require_tenant(rt, tenant_id)
+    transform = await _check_settings(
+        rt,
+        url=url,
+        filter_expression=filter_expression,
+        transform=transform,
+        retry_schedule=retry_schedule,
+        timeout_s=timeout_s,
+    )
+    destination_id = new_destination_id()
+    secret = new_webhook_secret()
+    cipher = await rt.envelope.cipher(tenant.id)
+    destination = Destination(
+        id=destination_id,
+        tenant_id=tenant.id,
+        name=name or url,
+        url=url,
+        secret_ciphertext=cipher.encrypt(secret.encode(), _secret_purpose(destination_id)),
+        filter=filter_expression,
+        transform=transform,
+        retry_schedule=retry_schedule,
+        retry_4xx=retry_4xx,
+        timeout_s=timeout_s,
+        created_at_ms=now_ms(),
+    )
+    await rt.store.destinations.create_destination(destination)
+    return destination, secret
+
+
+async def _check_settings(
+    rt: Runtime,
+    *,
+    url: str,
+    filter_expression: str | None,
+    transform: str | None,
+    retry_schedule: str | None,
+    timeout_s: float | None,
+) -> str | None:
+    """Validate a destination's settings (SSRF after DNS included); the transform normalised.
+
+    Creation and every update go through here, so an update is refused exactly as the
+    same settings would be at creation.
+    """
     try:
         await rt.ssrf.check_url_resolved(url)
     except OSError as exc:
@@ -97,24 +156,154 @@ async def create_destination(
         RetrySchedule.parse(retry_schedule)
     if timeout_s is not None and not 0 < timeout_s <= 300:
         raise ValidationFailed("timeout must be between 0 and 300 seconds")
-    destination_id = new_destination_id()
+    return transform
+
+
+def _secret_purpose(destination_id: str) -> bytes:
+    """The envelope purpose of a destination's signing secrets (current and previous)."""
+    return b"secret:" + destination_id.encode()
+
+
+async def _require_destination(rt: Runtime, tenant: Tenant, destination_id: str) -> Destination:
+    found = await rt.store.destinations.get_destination(tenant.id, DestinationId(destination_id))
+    if found is None:
+        raise NotFound(f"no destination {destination_id}")
+    return found
+
+
+class DestinationChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """A partial update: a field left UNSET keeps its value; None clears an optional one
+    (a cleared name falls back to the URL, as at creation)."""
+
+    url: str | UnsetType = UNSET
+    name: str | UnsetType | None = UNSET
+    filter: str | UnsetType | None = UNSET
+    transform: str | UnsetType | None = UNSET
+    retry_schedule: str | UnsetType | None = UNSET
+    retry_4xx: bool | UnsetType = UNSET
+    timeout_s: float | UnsetType | None = UNSET
+    is_enabled: bool | UnsetType = UNSET
+
+
+async def update_destination(
+    rt: Runtime, tenant_id: str, destination_id: str, changes: DestinationChanges
+) -> Destination:
+    """Apply `changes`, re-validating the result as creation does (422, nothing changed).
+
+    Enabling a disabled destination clears its disabled reason; new events reach it
+    again (its dead letters stay dead until replayed). Disabling dead-letters what it
+    had pending, as a 410 does.
+    """
+    tenant = await require_tenant(rt, tenant_id)
+    current = await _require_destination(rt, tenant, destination_id)
+    given = {k: v for k, v in msgspec.structs.asdict(changes).items() if v is not UNSET}
+    is_enabled = given.pop("is_enabled", None)
+    merged = msgspec.structs.replace(current, **given)
+    transform = await _check_settings(
+        rt,
+        url=merged.url,
+        filter_expression=merged.filter,
+        transform=merged.transform,
+        retry_schedule=merged.retry_schedule,
+        timeout_s=merged.timeout_s,
+    )
+    status, reason = merged.status, merged.disabled_reason
+    if is_enabled is True:
+        status, reason = DestinationStatus.ENABLED, None
+    elif is_enabled is False and status is DestinationStatus.ENABLED:
+        status, reason = DestinationStatus.DISABLED, "disabled by the tenant"
+    updated = msgspec.structs.replace(
+        merged,
+        name=merged.name or merged.url,
+        transform=transform,
+        status=status,
+        disabled_reason=reason,
+    )
+    if not await rt.store.destinations.update_destination(updated):
+        raise NotFound(f"no destination {destination_id}")
+    if current.status is DestinationStatus.ENABLED and status is DestinationStatus.DISABLED:
+        await rt.store.deliveries.dead_letter_pending(
+            tenant.id, current.id, "destination disabled", now_ms=now_ms()
+        )
+    return updated
+
+
+async def delete_destination(rt: Runtime, tenant_id: str, destination_id: str) -> int:
+    """Delete the destination; what it had pending becomes dead letters ("destination
+    deleted"). Returns how many. Its delivery history stays readable."""
+    tenant = await require_tenant(rt, tenant_id)
+    if not await rt.store.destinations.delete_destination(tenant.id, DestinationId(destination_id)):
+        raise NotFound(f"no destination {destination_id}")
+    return await rt.store.deliveries.dead_letter_pending(
+        tenant.id, DestinationId(destination_id), "destination deleted", now_ms=now_ms()
+    )
+
+
+async def rotate_destination_secret(
+    rt: Runtime, tenant_id: str, destination_id: str, *, overlap_s: int = 86_400
+) -> tuple[str, int | None]:
+    """A new whsec_ secret (returned once) and when the previous one stops signing.
+
+    During the overlap every delivery carries a signature by each secret, so receivers
+    verifying with either accept it; overlap 0 retires the previous secret at once.
+    """
+    if not 0 <= overlap_s <= MAX_SECRET_OVERLAP_S:
+        raise ValidationFailed(f"overlap must be between 0 and {MAX_SECRET_OVERLAP_S} seconds")
+    tenant = await require_tenant(rt, tenant_id)
     secret = new_webhook_secret()
     cipher = await rt.envelope.cipher(tenant.id)
-    destination = Destination(
-        id=destination_id,
-        tenant_id=tenant.id,
-        name=name or url,
-        url=url,
-        secret_ciphertext=cipher.encrypt(secret.encode(), b"secret:" + destination_id.encode()),
-        filter=filter_expression,
-        transform=transform,
-        retry_schedule=retry_schedule,
-        retry_4xx=retry_4xx,
-        timeout_s=timeout_s,
-        created_at_ms=now_ms(),
-    )
-    await rt.store.destinations.create_destination(destination)
-    return destination, secret
+    ciphertext = cipher.encrypt(secret.encode(), _secret_purpose(destination_id))
+    expires_at_ms = now_ms() + overlap_s * 1000 if overlap_s > 0 else None
+    if not await rt.store.destinations.rotate_secret(
+        tenant.id, DestinationId(destination_id), ciphertext, previous_expires_at_ms=expires_at_ms
+    ):
+        raise NotFound(f"no destination {destination_id}")
+    return secret, expires_at_ms
+
+
+async def list_sources(rt: Runtime, tenant_id: str) -> list[Source]:
+    tenant = await require_tenant(rt, tenant_id)
+    return await rt.store.tenants.list_sources(tenant.id)
+
+
+async def rotate_write_key(
+    rt: Runtime, tenant_id: str, source_id: str, *, overlap_s: int = 0
+) -> tuple[str, int | None]:
+    """A new write key (returned once) and when the old one stops working (None: now).
+
+    Ingest caches key lookups for a few seconds, so an old key can be accepted that
+    much longer.
+    """
+    if not 0 <= overlap_s <= MAX_KEY_OVERLAP_S:
+        raise ValidationFailed(f"overlap must be between 0 and {MAX_KEY_OVERLAP_S} seconds")
+    tenant = await require_tenant(rt, tenant_id)
+    write_key = new_write_key(tenant.region)
+    now = now_ms()
+    if not await rt.store.tenants.rotate_write_key(
+        tenant.id,
+        SourceId(source_id),
+        credential_hash(write_key),
+        now_ms=now,
+        overlap_ms=overlap_s * 1000,
+    ):
+        raise NotFound(f"no source {source_id}")
+    return write_key, now + overlap_s * 1000 if overlap_s > 0 else None
+
+
+async def revoke_source(rt: Runtime, tenant_id: str, source_id: str) -> None:
+    """Revoke the source and its keys (ingest may accept them for its cache TTL, 10 s)."""
+    tenant = await require_tenant(rt, tenant_id)
+    if not await rt.store.tenants.revoke_source(tenant.id, SourceId(source_id), now_ms=now_ms()):
+        raise NotFound(f"no source {source_id}")
+
+
+async def revoke_api_key(rt: Runtime, tenant_id: str, api_key: str) -> None:
+    """Revoke one of the tenant's API keys (the API may accept it for its cache TTL, 10 s)."""
+    tenant = await require_tenant(rt, tenant_id)
+    if not await rt.store.tenants.revoke_api_key(
+        tenant.id, credential_hash(api_key), now_ms=now_ms()
+    ):
+        raise NotFound("no live API key of this tenant matches")
 
 
 async def replay_targets(

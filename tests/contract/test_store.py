@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from tidegate.ids import new_event_id, new_tenant_id, now_ms
 from tidegate.model import (
     Attempt,
@@ -10,6 +12,7 @@ from tidegate.model import (
     DestinationId,
     DestinationStatus,
     EventMeta,
+    Source,
     SourceId,
     Tenant,
     TenantId,
@@ -246,3 +249,154 @@ async def test_audit_purge_keeps_the_rest_verifiable(store: Store) -> None:
     assert result.ok and result.checked == 1
     await store.audit.append_audit([_entry(None)])
     assert (await verify(store.audit)).ok
+
+
+async def _source(store: Store, tenant_id: TenantId, key_hash: str) -> Source:
+    source = Source(
+        id=SourceId(f"src_{key_hash}_{tenant_id}"),
+        tenant_id=tenant_id,
+        name=key_hash,
+        created_at_ms=1,
+    )
+    await store.tenants.create_source(source, f"{key_hash}-{tenant_id}")
+    return source
+
+
+async def test_rotated_write_key_replaces_the_old_one_at_once(store: Store) -> None:
+    tenant = await _tenant(store)
+    source = await _source(store, tenant, "k1")
+    assert await store.tenants.rotate_write_key(
+        tenant, source.id, "k2", now_ms=now_ms(), overlap_ms=0
+    )
+    assert await store.tenants.source_by_key(f"k1-{tenant}") is None
+    assert await store.tenants.source_by_key("k2") == source
+
+
+async def test_old_write_key_works_during_the_overlap_only(store: Store) -> None:
+    tenant = await _tenant(store)
+    source = await _source(store, tenant, "k1")
+    now = now_ms()
+    await store.tenants.rotate_write_key(tenant, source.id, "k2", now_ms=now, overlap_ms=60_000)
+    assert await store.tenants.source_by_key(f"k1-{tenant}") == source
+    assert await store.tenants.source_by_key("k2") == source
+    # Rotating again keeps only the key just replaced (k2), not k1.
+    await store.tenants.rotate_write_key(tenant, source.id, "k3", now_ms=now, overlap_ms=60_000)
+    assert await store.tenants.source_by_key(f"k1-{tenant}") is None
+    assert await store.tenants.source_by_key("k2") == source
+    # An overlap that has ended (rotated "long ago") accepts the old key no more.
+    await store.tenants.rotate_write_key(
+        tenant, source.id, "k4", now_ms=now - 10_000, overlap_ms=5_000
+    )
+    assert await store.tenants.source_by_key("k3") is None
+    assert await store.tenants.source_by_key("k4") == source
+
+
+async def test_revoked_source_refuses_every_key_and_leaves_the_list(store: Store) -> None:
+    tenant = await _tenant(store)
+    kept, gone = await _source(store, tenant, "a"), await _source(store, tenant, "b")
+    await store.tenants.rotate_write_key(tenant, gone.id, "b2", now_ms=now_ms(), overlap_ms=60_000)
+    assert [s.id for s in await store.tenants.list_sources(tenant)] == sorted([kept.id, gone.id])
+    assert await store.tenants.revoke_source(tenant, gone.id, now_ms=now_ms())
+    assert await store.tenants.source_by_key("b2") is None
+    assert await store.tenants.source_by_key(f"b-{tenant}") is None
+    assert await store.tenants.list_sources(tenant) == [kept]
+    assert not await store.tenants.revoke_source(tenant, gone.id, now_ms=now_ms())
+    assert not await store.tenants.rotate_write_key(
+        tenant, gone.id, "b3", now_ms=now_ms(), overlap_ms=0
+    )
+
+
+async def test_sources_and_api_keys_of_another_tenant_are_untouchable(store: Store) -> None:
+    a, b = await _tenant(store), await _tenant(store)
+    source = await _source(store, a, "k")
+    await store.tenants.create_api_key(a, f"api-{a}", "default")
+    assert await store.tenants.list_sources(b) == []
+    assert not await store.tenants.rotate_write_key(
+        b, source.id, "x", now_ms=now_ms(), overlap_ms=0
+    )
+    assert not await store.tenants.revoke_source(b, source.id, now_ms=now_ms())
+    assert not await store.tenants.revoke_api_key(b, f"api-{a}", now_ms=now_ms())
+    assert await store.tenants.source_by_key(f"k-{a}") == source
+    assert await store.tenants.tenant_by_api_key(f"api-{a}") == a
+
+
+async def test_revoked_api_key_names_no_tenant(store: Store) -> None:
+    tenant = await _tenant(store)
+    await store.tenants.create_api_key(tenant, f"api-{tenant}", "default")
+    assert await store.tenants.revoke_api_key(tenant, f"api-{tenant}", now_ms=now_ms())
+    assert await store.tenants.tenant_by_api_key(f"api-{tenant}") is None
+    assert not await store.tenants.revoke_api_key(tenant, f"api-{tenant}", now_ms=now_ms())
+
+
+async def test_update_destination_changes_settings_but_not_secret(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    before = await store.destinations.get_destination(tenant, dest)
+    assert before is not None
+    changed = msgspec.structs.replace(
+        before,
+        url="https://example.org/new",
+        name="renamed",
+        filter="type == 'track'",
+        retry_4xx=False,
+        timeout_s=3.5,
+        status=DestinationStatus.DISABLED,
+        disabled_reason="paused",
+        secret_ciphertext=b"ignored",
+        created_at_ms=1,
+    )
+    assert await store.destinations.update_destination(changed)
+    after = await store.destinations.get_destination(tenant, dest)
+    assert after == msgspec.structs.replace(
+        changed, secret_ciphertext=b"x", created_at_ms=before.created_at_ms
+    )
+    other = await _tenant(store)
+    assert not await store.destinations.update_destination(
+        msgspec.structs.replace(changed, tenant_id=other, name="stolen")
+    )
+    assert (await store.destinations.get_destination(tenant, dest)) == after
+
+
+async def test_deleted_destination_is_gone_and_keeps_its_deliveries(store: Store) -> None:
+    tenant, other = await _tenant(store), await _tenant(store)
+    dest = await _destination(store, tenant)
+    await _route(store, _event(tenant, b"m"), dest)
+    assert not await store.destinations.delete_destination(other, dest)
+    assert await store.destinations.delete_destination(tenant, dest)
+    assert await store.destinations.get_destination(tenant, dest) is None
+    assert await store.destinations.enabled_destinations([tenant]) == []
+    assert not await store.destinations.delete_destination(tenant, dest)
+    (delivery,) = await store.deliveries.list_deliveries(tenant, DeliveryQuery())
+    assert delivery.destination_id == dest
+
+
+async def test_rotated_secret_keeps_the_previous_until_it_expires(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    now = now_ms()
+    assert await store.destinations.previous_secret(tenant, dest, now_ms=now) is None
+    assert await store.destinations.rotate_secret(
+        tenant, dest, b"second", previous_expires_at_ms=now + 60_000
+    )
+    found = await store.destinations.get_destination(tenant, dest)
+    assert found is not None and found.secret_ciphertext == b"second"
+    previous = await store.destinations.previous_secret(tenant, dest, now_ms=now)
+    assert previous is not None
+    assert previous.ciphertext == b"x" and previous.expires_at_ms == now + 60_000
+    assert await store.destinations.previous_secret(tenant, dest, now_ms=now + 60_000) is None
+    other = await _tenant(store)
+    assert await store.destinations.previous_secret(other, dest, now_ms=now) is None
+    assert not await store.destinations.rotate_secret(
+        other, dest, b"stolen", previous_expires_at_ms=None
+    )
+
+
+async def test_rotating_secret_without_overlap_drops_the_previous(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    now = now_ms()
+    await store.destinations.rotate_secret(tenant, dest, b"2", previous_expires_at_ms=now + 60_000)
+    await store.destinations.rotate_secret(tenant, dest, b"3", previous_expires_at_ms=None)
+    assert await store.destinations.previous_secret(tenant, dest, now_ms=now) is None
+    found = await store.destinations.get_destination(tenant, dest)
+    assert found is not None and found.secret_ciphertext == b"3"

@@ -96,6 +96,16 @@ def test_openapi_and_operations_endpoints(tidegate: Tidegate) -> None:
         "/v1/destinations/{destination_id}/replay",
     ):
         assert path in spec["paths"], path
+    ingest = {"/v1/track", "/v1/identify", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias",
+              "/v1/batch", "/v1/cloudevents"}  # fmt: skip
+    for path, operations in spec["paths"].items():
+        if path.startswith("/v1/") and path not in ingest:
+            for method, operation in operations.items():
+                (requirement,) = operation["security"]
+                assert len(requirement["oauth2"]) == 1, (method, path)
+    assert spec["paths"]["/v1/events/{event_id}"]["get"]["security"] == [
+        {"oauth2": ["payload:read"]}
+    ]
     assert requests.get(tidegate.base + "/livez", timeout=10).json() == {"status": "ok"}
     assert requests.get(tidegate.base + "/readyz", timeout=10).status_code == 200
     metrics = requests.get(tidegate.base + "/metrics", timeout=10).text

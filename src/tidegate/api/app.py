@@ -27,6 +27,7 @@ from tidegate.api.demo import DemoReceiver
 from tidegate.api.ingest.accept import Ingestor
 from tidegate.api.ingest.cloudevents import BATCH, STRUCTURED, CloudEventsEndpoint
 from tidegate.api.ingest.segment import TYPES, SegmentEndpoints
+from tidegate.api.manage import build_manage_router
 from tidegate.api.operate import build_operate_router
 from tidegate.api.read import build_read_router
 from tidegate.errors import TidegateError
@@ -191,6 +192,7 @@ def build_app(runtime: Runtime) -> Front:
         docs_url="/docs",
         redoc_url=None,
     )
+    app.state.route_scopes = {}
     app.add_exception_handler(TidegateError, problems.on_tidegate_error)
     app.add_exception_handler(HTTPException, problems.on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
@@ -275,8 +277,20 @@ def _mount_api(
         openapi_extra=_CLOUDEVENTS_BODY,
     )
 
-    app.include_router(build_read_router(runtime, auth, access, worker.wake if worker else _noop))
-    app.include_router(build_operate_router(runtime, auth, access))
+    routers = [
+        build_read_router(runtime, auth, access, worker.wake if worker else _noop),
+        build_manage_router(runtime, auth, access),
+        build_operate_router(runtime, auth, access),
+    ]
+    scopes: dict[tuple[str, str], str] = app.state.route_scopes
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                needed = _scope_of(route)
+                for method in route.methods or ():
+                    if needed:
+                        scopes[(route.path, method.lower())] = needed
+        app.include_router(router)
 
     fast: dict[str, Endpoint] = {f"/v1/{kind}": segment.single(kind) for kind in TYPES}
     fast["/v1/batch"] = segment.batch
@@ -295,6 +309,17 @@ def build_validator(settings: Settings) -> TokenValidator:
     return validator
 
 
+def _scope_of(route: APIRoute) -> str | None:
+    """The scope a route's `require_<scope>` dependency asks for (see Authenticator)."""
+    for dependency in route.dependant.dependencies:
+        name = getattr(dependency.call, "__name__", "")
+        if name == "require_operator":
+            return "tidegate:admin"
+        if name.startswith("require_"):
+            return name.removeprefix("require_").replace("_", ":", 1)
+    return None
+
+
 def _openapi_with_scopes(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the one scope each endpoint needs as its security."""
     if app.openapi_schema:
@@ -302,30 +327,22 @@ def _openapi_with_scopes(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title, version=app.version, summary=app.summary, routes=app.routes
     )
-    components = schema.setdefault("components", {})
-    components["securitySchemes"] = {
+    schema.setdefault("components", {})["securitySchemes"] = {
         "oauth2": {
             "type": "oauth2",
-            "description": "JWT access tokens from the identity provider (RFC 9068).",
+            "description": "JWT access tokens from the identity provider (RFC 9068), or an"
+            " API key (tgk_...) as the bearer token.",
             "flows": {"clientCredentials": {"tokenUrl": "/", "scopes": SCOPES}},
         },
         "writeKey": {"type": "http", "scheme": "basic", "description": "Segment write key"},
     }
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        needed = [
-            d.call.__name__.removeprefix("require_").replace("_", ":", 1)
-            for d in route.dependant.dependencies
-            if d.call is not None and d.call.__name__.startswith("require_")
-        ]
-        for method in route.methods or ():
-            operation = schema["paths"].get(route.path_format, {}).get(method.lower())
-            if operation is not None and needed:
-                operation["security"] = [{"oauth2": needed}]
-                operation["description"] = (
-                    operation.get("description", "") + f"\n\nScope: `{needed[0]}`."
-                ).strip()
+    for (path, method), scope in app.state.route_scopes.items():
+        operation = schema["paths"].get(path, {}).get(method)
+        if operation is not None:
+            operation["security"] = [{"oauth2": [scope]}]
+            operation["description"] = (
+                operation.get("description", "") + f"\n\nScope: `{scope}`."
+            ).strip()
     app.openapi_schema = schema
     return app.openapi_schema
 

@@ -138,4 +138,5 @@ class Authenticator:
             request.scope["tidegate.principal"] = principal
             return principal
 
+        dependency.__name__ = "require_operator"
         return dependency

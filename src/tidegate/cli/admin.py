@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from tidegate import admin
@@ -52,6 +54,50 @@ def sources_create(tenant: str, name: str, as_json: bool) -> None:
     )
 
 
+@sources.command("list")
+@click.option("--tenant", required=True)
+@json_option
+def sources_list(tenant: str, as_json: bool) -> None:
+    """The tenant's live sources (never their keys)."""
+    rows = run(lambda rt: admin.list_sources(rt, tenant))
+    data = [{"id": s.id, "name": s.name, "created_at_ms": s.created_at_ms} for s in rows]
+    emit(data, as_json, lambda: "\n".join(f"{s['id']}  {s['name']}" for s in data))
+
+
+@sources.command("rotate-key")
+@click.option("--tenant", required=True)
+@click.option("--source", "source_id", required=True)
+@click.option(
+    "--overlap",
+    "overlap_s",
+    type=click.IntRange(0, admin.MAX_KEY_OVERLAP_S),
+    default=0,
+    show_default=True,
+    help="Seconds the old key keeps working beside the new one.",
+)
+@json_option
+def sources_rotate_key(tenant: str, source_id: str, overlap_s: int, as_json: bool) -> None:
+    """Give a source a new write key; prints it ONCE. Ingest caches keys for up to 10 s."""
+    write_key, expires_at_ms = run(
+        lambda rt: admin.rotate_write_key(rt, tenant, source_id, overlap_s=overlap_s)
+    )
+    emit(
+        {"id": source_id, "write_key": write_key, "previous_key_expires_at_ms": expires_at_ms},
+        as_json,
+        f"source {source_id}\nnew write key (shown once): {write_key}",
+    )
+
+
+@sources.command("revoke")
+@click.option("--tenant", required=True)
+@click.option("--source", "source_id", required=True)
+@json_option
+def sources_revoke(tenant: str, source_id: str, as_json: bool) -> None:
+    """Revoke a source: its write keys are refused (within ingest's 10 s key cache)."""
+    run(lambda rt: admin.revoke_source(rt, tenant, source_id))
+    emit({"id": source_id, "revoked": True}, as_json, f"source {source_id} revoked")
+
+
 @click.group()
 def apikeys() -> None:
     """Tenant-scoped API keys for the read API."""
@@ -65,6 +111,16 @@ def apikeys_create(tenant: str, name: str, as_json: bool) -> None:
     """Create an API key; prints it ONCE (only a hash is stored)."""
     key = run(lambda rt: admin.create_api_key(rt, tenant, name))
     emit({"tenant_id": tenant, "api_key": key}, as_json, f"API key (shown once): {key}")
+
+
+@apikeys.command("revoke")
+@click.option("--tenant", required=True)
+@click.option("--key", "api_key", required=True, help="The tgk_ key to revoke.")
+@json_option
+def apikeys_revoke(tenant: str, api_key: str, as_json: bool) -> None:
+    """Revoke an API key of the tenant (the API caches keys for up to 10 s)."""
+    run(lambda rt: admin.revoke_api_key(rt, tenant, api_key))
+    emit({"tenant_id": tenant, "revoked": True}, as_json, "API key revoked")
 
 
 @click.group()
@@ -140,6 +196,106 @@ def destinations_list(tenant: str, as_json: bool) -> None:
 
     data = run(action)
     emit(data, as_json, lambda: "\n".join(f"{d['id']}  {d['status']}  {d['url']}" for d in data))
+
+
+@destinations.command("update")
+@click.option("--tenant", required=True)
+@click.option("--destination", "destination_id", required=True)
+@click.option("--url", help="New endpoint; checked against the SSRF rules.")
+@click.option("--name")
+@click.option("--filter", "filter_expression", help='JMESPath expression; "" removes the filter.')
+@click.option("--transform", help='JSON transform spec; "" removes the transform.')
+@click.option("--retry-schedule", help='e.g. "0,5s,30s,2m"; "" restores the default schedule.')
+@click.option("--retry-4xx/--no-retry-4xx", "retry_4xx", default=None)
+@click.option("--timeout", "timeout_s", type=float, help="Per-attempt timeout in seconds.")
+@click.option(
+    "--enable/--disable",
+    "is_enabled",
+    default=None,
+    help="Enabling clears the disabled reason; disabling dead-letters what is pending.",
+)
+@json_option
+def destinations_update(
+    tenant: str,
+    destination_id: str,
+    url: str | None,
+    name: str | None,
+    filter_expression: str | None,
+    transform: str | None,
+    retry_schedule: str | None,
+    retry_4xx: bool | None,
+    timeout_s: float | None,
+    is_enabled: bool | None,
+    as_json: bool,
+) -> None:
+    """Change a destination; validated as at creation (nothing changes if refused)."""
+    given: dict[str, Any] = {
+        "url": url,
+        "name": name,
+        "retry_4xx": retry_4xx,
+        "timeout_s": timeout_s,
+        "is_enabled": is_enabled,
+    }
+    for field, value in (
+        ("filter", filter_expression),
+        ("transform", transform),
+        ("retry_schedule", retry_schedule),
+    ):
+        if value is not None:
+            given[field] = value or None  # "" clears it
+    changes = admin.DestinationChanges(**{k: v for k, v in given.items() if v is not None})
+    updated = run(lambda rt: admin.update_destination(rt, tenant, destination_id, changes))
+    emit(
+        {
+            "id": updated.id,
+            "url": updated.url,
+            "status": updated.status.value,
+            "filter": updated.filter,
+            "disabled_reason": updated.disabled_reason,
+        },
+        as_json,
+        f"destination {updated.id}  {updated.status.value}  {updated.url}",
+    )
+
+
+@destinations.command("delete")
+@click.option("--tenant", required=True)
+@click.option("--destination", "destination_id", required=True)
+@json_option
+def destinations_delete(tenant: str, destination_id: str, as_json: bool) -> None:
+    """Delete a destination; what it had pending becomes dead letters."""
+    moved = run(lambda rt: admin.delete_destination(rt, tenant, destination_id))
+    emit(
+        {"id": destination_id, "deleted": True, "dead_lettered": moved},
+        as_json,
+        f"destination {destination_id} deleted ({moved} pending deliveries dead-lettered)",
+    )
+
+
+@destinations.command("rotate-secret")
+@click.option("--tenant", required=True)
+@click.option("--destination", "destination_id", required=True)
+@click.option(
+    "--overlap-s",
+    "overlap_s",
+    type=click.IntRange(0, admin.MAX_SECRET_OVERLAP_S),
+    default=86_400,
+    show_default=True,
+    help="Seconds deliveries are also signed with the previous secret.",
+)
+@json_option
+def destinations_rotate_secret(
+    tenant: str, destination_id: str, overlap_s: int, as_json: bool
+) -> None:
+    """A new whsec_ signing secret; prints it ONCE."""
+    secret, expires_at_ms = run(
+        lambda rt: admin.rotate_destination_secret(rt, tenant, destination_id, overlap_s=overlap_s)
+    )
+    emit(
+        {"id": destination_id, "secret": secret, "previous_secret_expires_at_ms": expires_at_ms},
+        as_json,
+        f"destination {destination_id}\nnew signing secret (shown once): {secret}",
+    )
 
 
 @click.group()

@@ -58,6 +58,15 @@ class _CachedDestination(msgspec.Struct):
     schedule: RetrySchedule
     transform: Transform | None
     expires: float
+    # The secret a rotation replaced, signing beside `secret` until `previous_until_ms`.
+    previous_secret: str | None = None
+    previous_until_ms: int = 0
+
+    def signing_secrets(self, now: int) -> list[str]:
+        """The current secret, and the previous one while its rotation overlap lasts."""
+        if self.previous_secret is not None and now < self.previous_until_ms:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
 
 class Loaded(msgspec.Struct, frozen=True):
@@ -189,7 +198,7 @@ class Dispatcher:
             return
         outcome = await self._sender.send(
             cached.destination,
-            secrets=[cached.secret],
+            secrets=cached.signing_secrets(now_ms()),
             webhook_id=delivery.id,
             body=content,
             content_type=content_type,
@@ -329,11 +338,14 @@ class Dispatcher:
         if destination is None:
             self._destinations.pop(destination_id, None)
             return None
+        purpose = b"secret:" + destination.id.encode()
+        envelope = self._rt.envelope
         secret = (
-            await self._rt.envelope.decrypt(
-                tenant_id, destination.secret_ciphertext, b"secret:" + destination.id.encode()
-            )
+            await envelope.decrypt(tenant_id, destination.secret_ciphertext, purpose)
         ).decode()
+        previous = await self._rt.store.destinations.previous_secret(
+            tenant_id, destination_id, now_ms=now_ms()
+        )
         cached = _CachedDestination(
             destination=destination,
             secret=secret,
@@ -341,6 +353,10 @@ class Dispatcher:
             transform=Transform.compile(destination.transform) if destination.transform else None,
             expires=time.monotonic() + _DESTINATION_TTL_S,
         )
+        if previous is not None:
+            plain = await envelope.decrypt(tenant_id, previous.ciphertext, purpose)
+            cached.previous_secret = plain.decode()
+            cached.previous_until_ms = previous.expires_at_ms
         self._destinations[destination_id] = cached
         return cached
 

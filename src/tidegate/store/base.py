@@ -21,6 +21,7 @@ from tidegate.model import (
     EventId,
     EventMeta,
     Source,
+    SourceId,
     Tenant,
     TenantId,
 )
@@ -78,6 +79,15 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 50
 
 
+class PreviousSecret(msgspec.Struct, frozen=True):
+    """A destination's signing secret before its last rotation, encrypted like the
+    current one (purpose `b"secret:" + destination id`), still signing until
+    `expires_at_ms` (the rotation's overlap)."""
+
+    ciphertext: bytes
+    expires_at_ms: int
+
+
 class DeliveryQuery(msgspec.Struct, frozen=True, kw_only=True):
     event_id: EventId | None = None
     destination_id: DestinationId | None = None
@@ -94,11 +104,39 @@ class TenantStore(DataKeyStore, Protocol):
     async def list_tenants(self) -> list[Tenant]: ...
     async def create_source(self, source: Source, write_key_hash: str) -> None: ...
     async def source_by_key(self, write_key_hash: str) -> Source | None:
-        """The live source whose write key hashes to `write_key_hash`."""
+        """The live source whose write key hashes to `write_key_hash`, or whose previous
+        key does and is still within its rotation overlap (by the store's clock)."""
+        ...
+
+    async def list_sources(self, tenant_id: TenantId) -> list[Source]:
+        """The tenant's live (unrevoked) sources, oldest first."""
+        ...
+
+    async def rotate_write_key(
+        self,
+        tenant_id: TenantId,
+        source_id: SourceId,
+        write_key_hash: str,
+        *,
+        now_ms: int,
+        overlap_ms: int,
+    ) -> bool:
+        """Make `write_key_hash` the live source's key; the key it replaces keeps working
+        until `now_ms + overlap_ms` (overlap 0: it stops now). A key still kept by an
+        earlier overlap stops now: only one previous key is kept. False (and nothing
+        changed) if the tenant has no such live source."""
+        ...
+
+    async def revoke_source(self, tenant_id: TenantId, source_id: SourceId, *, now_ms: int) -> bool:
+        """Revoke the source: none of its keys authenticates again, and it leaves
+        `list_sources`. False if the tenant has no such live source."""
         ...
 
     async def create_api_key(self, tenant_id: TenantId, key_hash: str, name: str) -> None: ...
     async def tenant_by_api_key(self, key_hash: str) -> TenantId | None: ...
+    async def revoke_api_key(self, tenant_id: TenantId, key_hash: str, *, now_ms: int) -> bool:
+        """Revoke the tenant's live API key hashing to `key_hash`; False if there is none."""
+        ...
 
 
 class DestinationStore(Protocol):
@@ -118,6 +156,36 @@ class DestinationStore(Protocol):
         status: DestinationStatus,
         reason: str | None,
     ) -> None: ...
+
+    async def update_destination(self, destination: Destination) -> bool:
+        """Store the configuration and status of `destination` (found by its tenant and
+        id): name, url, filter, transform, retry schedule, retry_4xx, timeout, status and
+        disabled reason. Its secrets and creation time are left alone. False if absent."""
+        ...
+
+    async def delete_destination(self, tenant_id: TenantId, destination_id: DestinationId) -> bool:
+        """Delete the destination; its deliveries and attempts stay (as history). False if
+        absent."""
+        ...
+
+    async def rotate_secret(
+        self,
+        tenant_id: TenantId,
+        destination_id: DestinationId,
+        secret_ciphertext: bytes,
+        *,
+        previous_expires_at_ms: int | None,
+    ) -> bool:
+        """In one statement: `secret_ciphertext` becomes the current secret and the one it
+        replaces becomes the previous secret until `previous_expires_at_ms` (None: no
+        previous secret). False (and nothing changed) if absent."""
+        ...
+
+    async def previous_secret(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> PreviousSecret | None:
+        """The previous signing secret, if the destination has one unexpired at `now_ms`."""
+        ...
 
 
 class EventStore(Protocol):

@@ -55,6 +55,7 @@ from tidegate.store.base import (
     DestinationStore,
     EventQuery,
     EventStore,
+    PreviousSecret,
     RoutedEvent,
     StoredEvent,
     TenantStore,
@@ -67,12 +68,18 @@ from tidegate.store.rows import (
     AUDIT_COLUMNS,
     DELIVERY_COLUMNS,
     DESTINATION_COLUMNS,
+    DESTINATION_SETTINGS,
     EVENT_COLUMNS,
+    SOURCE_BY_KEY_WHERE,
+    SOURCE_COLUMNS,
     audit_record,
     audit_values,
     delivery_row,
     destination_row,
+    destination_settings,
     event_row,
+    set_clause,
+    source_row,
     tenant_row,
 )
 
@@ -312,15 +319,50 @@ class PostgresStore:
 
     async def source_by_key(self, write_key_hash: str) -> Source | None:
         row = await self._one(
-            "SELECT id, tenant_id, name, created_at_ms FROM sources"
-            " WHERE write_key_hash = %s AND revoked_at_ms IS NULL",
-            (write_key_hash,),
+            f"SELECT {SOURCE_COLUMNS} FROM sources WHERE {SOURCE_BY_KEY_WHERE.format(p='%s')}",
+            (write_key_hash, write_key_hash, clock_ms()),
         )
-        if row is None:
-            return None
-        return Source(
-            id=SourceId(row[0]), tenant_id=TenantId(row[1]), name=row[2], created_at_ms=row[3]
+        return source_row(row) if row else None
+
+    async def list_sources(self, tenant_id: TenantId) -> list[Source]:
+        rows = await self._all(
+            f"SELECT {SOURCE_COLUMNS} FROM sources"
+            " WHERE tenant_id = %s AND revoked_at_ms IS NULL ORDER BY id",
+            (tenant_id,),
         )
+        return [source_row(r) for r in rows]
+
+    async def rotate_write_key(
+        self,
+        tenant_id: TenantId,
+        source_id: SourceId,
+        write_key_hash: str,
+        *,
+        now_ms: int,
+        overlap_ms: int,
+    ) -> bool:
+        keep_previous = overlap_ms > 0
+        changed = await self._write(
+            "UPDATE sources SET prev_write_key_hash = CASE WHEN %s THEN write_key_hash END,"
+            " prev_key_expires_at_ms = %s, write_key_hash = %s"
+            " WHERE tenant_id = %s AND id = %s AND revoked_at_ms IS NULL",
+            (
+                keep_previous,
+                now_ms + overlap_ms if keep_previous else None,
+                write_key_hash,
+                tenant_id,
+                source_id,
+            ),
+        )
+        return bool(changed)
+
+    async def revoke_source(self, tenant_id: TenantId, source_id: SourceId, *, now_ms: int) -> bool:
+        changed = await self._write(
+            "UPDATE sources SET revoked_at_ms = %s"
+            " WHERE tenant_id = %s AND id = %s AND revoked_at_ms IS NULL",
+            (now_ms, tenant_id, source_id),
+        )
+        return bool(changed)
 
     async def create_api_key(self, tenant_id: TenantId, key_hash: str, name: str) -> None:
         async with self._tx() as conn:
@@ -337,6 +379,14 @@ class PostgresStore:
             (key_hash,),
         )
         return TenantId(row[0]) if row else None
+
+    async def revoke_api_key(self, tenant_id: TenantId, key_hash: str, *, now_ms: int) -> bool:
+        changed = await self._write(
+            "UPDATE api_keys SET revoked_at_ms = %s"
+            " WHERE tenant_id = %s AND key_hash = %s AND revoked_at_ms IS NULL",
+            (now_ms, tenant_id, key_hash),
+        )
+        return bool(changed)
 
     async def data_keys(self, tenant_id: TenantId) -> list[DataKey]:
         rows = await self._all(
@@ -421,6 +471,56 @@ class PostgresStore:
             " WHERE tenant_id = %s AND id = %s",
             (status.value, reason, tenant_id, destination_id),
         )
+
+    async def update_destination(self, destination: Destination) -> bool:
+        d = destination
+        changed = await self._write(
+            f"UPDATE destinations SET {set_clause(DESTINATION_SETTINGS, '%s')}"
+            " WHERE tenant_id = %s AND id = %s",
+            (*destination_settings(d), d.tenant_id, d.id),
+        )
+        return bool(changed)
+
+    async def delete_destination(self, tenant_id: TenantId, destination_id: DestinationId) -> bool:
+        changed = await self._write(
+            "DELETE FROM destinations WHERE tenant_id = %s AND id = %s",
+            (tenant_id, destination_id),
+        )
+        return bool(changed)
+
+    async def rotate_secret(
+        self,
+        tenant_id: TenantId,
+        destination_id: DestinationId,
+        secret_ciphertext: bytes,
+        *,
+        previous_expires_at_ms: int | None,
+    ) -> bool:
+        # One statement: the right-hand secret_ct is the value before this update.
+        changed = await self._write(
+            "UPDATE destinations SET prev_secret_ct = CASE WHEN %s THEN secret_ct END,"
+            " prev_secret_expires_at_ms = %s, secret_ct = %s"
+            " WHERE tenant_id = %s AND id = %s",
+            (
+                previous_expires_at_ms is not None,
+                previous_expires_at_ms,
+                secret_ciphertext,
+                tenant_id,
+                destination_id,
+            ),
+        )
+        return bool(changed)
+
+    async def previous_secret(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> PreviousSecret | None:
+        row = await self._one(
+            "SELECT prev_secret_ct, prev_secret_expires_at_ms FROM destinations"
+            " WHERE tenant_id = %s AND id = %s AND prev_secret_ct IS NOT NULL"
+            " AND prev_secret_expires_at_ms > %s",
+            (tenant_id, destination_id, now_ms),
+        )
+        return PreviousSecret(ciphertext=row[0], expires_at_ms=row[1]) if row else None
 
     # -- events -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from tidegate.model import (
     DestinationStatus,
     EventId,
     EventMeta,
+    Source,
     SourceId,
     Tenant,
     TenantId,
@@ -50,6 +51,24 @@ DESTINATION_COLUMNS = (
     "id, tenant_id, name, url, secret_ct, filter, transform, retry_schedule, retry_4xx,"
     " timeout_s, status, disabled_reason, created_at_ms"
 )
+# What update_destination writes: everything but the id, tenant, secrets and creation time.
+DESTINATION_SETTINGS = (
+    "name", "url", "filter", "transform", "retry_schedule", "retry_4xx", "timeout_s", "status",
+    "disabled_reason",
+)  # fmt: skip
+SOURCE_COLUMNS = "id, tenant_id, name, created_at_ms"
+# A live source by its key, or by the key a rotation replaced while the overlap lasts.
+SOURCE_BY_KEY_WHERE = (
+    "revoked_at_ms IS NULL AND (write_key_hash = {p}"
+    " OR (prev_write_key_hash = {p} AND prev_key_expires_at_ms > {p}))"
+)
+
+
+def set_clause(columns: Sequence[str], placeholder: str) -> str:
+    """`a = ?, b = ?` for an UPDATE; `placeholder` is the engine's ("?" or "%s")."""
+    return ", ".join(f"{column} = {placeholder}" for column in columns)
+
+
 EVENT_COLUMNS = (
     "id, tenant_id, source_id, kind, type, name_index, dedupe_index, received_at_ms, ciphertext"
 )
@@ -61,6 +80,20 @@ DELIVERY_COLUMNS = (
 
 def tenant_row(row: Sequence[Any]) -> Tenant:
     return Tenant(id=TenantId(row[0]), name=row[1], region=row[2], created_at_ms=row[3])
+
+
+def source_row(row: Sequence[Any]) -> Source:
+    return Source(
+        id=SourceId(row[0]), tenant_id=TenantId(row[1]), name=row[2], created_at_ms=row[3]
+    )
+
+
+def destination_settings(d: Destination) -> tuple[Any, ...]:
+    """The values of DESTINATION_SETTINGS, in order (retry_4xx as a bool)."""
+    return (
+        d.name, d.url, d.filter, d.transform, d.retry_schedule, d.retry_4xx, d.timeout_s,
+        d.status.value, d.disabled_reason,
+    )  # fmt: skip
 
 
 def destination_row(row: Sequence[Any]) -> Destination:

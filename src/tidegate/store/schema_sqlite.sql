@@ -11,8 +11,14 @@ CREATE TABLE IF NOT EXISTS sources (
     name           TEXT NOT NULL,
     write_key_hash TEXT NOT NULL UNIQUE,
     created_at_ms  INTEGER NOT NULL,
-    revoked_at_ms  INTEGER
+    revoked_at_ms  INTEGER,
+    -- The key a rotation replaced, accepted until prev_key_expires_at_ms (the overlap).
+    prev_write_key_hash    TEXT,
+    prev_key_expires_at_ms INTEGER
 );
+CREATE INDEX IF NOT EXISTS sources_prev_key ON sources (prev_write_key_hash)
+    WHERE prev_write_key_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sources_tenant ON sources (tenant_id, id);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_hash      TEXT PRIMARY KEY,
     tenant_id     TEXT NOT NULL REFERENCES tenants(id),
@@ -41,7 +47,10 @@ CREATE TABLE IF NOT EXISTS destinations (
     timeout_s       REAL,
     status          TEXT NOT NULL,
     disabled_reason TEXT,
-    created_at_ms   INTEGER NOT NULL
+    created_at_ms   INTEGER NOT NULL,
+    -- The secret a rotation replaced (encrypted as secret_ct), signing until the expiry.
+    prev_secret_ct            BLOB,
+    prev_secret_expires_at_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS destinations_tenant ON destinations (tenant_id, status);
 CREATE TABLE IF NOT EXISTS events (

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tidegate.embedded import EmbeddedDatabase, sqlite_path
+from tidegate.embedded import EmbeddedDatabase, connect, sqlite_path
 from tidegate.errors import Conflict
 from tidegate.ids import new_delivery_id
 from tidegate.model import (
@@ -41,6 +41,7 @@ from tidegate.store.base import (
     DestinationStore,
     EventQuery,
     EventStore,
+    PreviousSecret,
     RoutedEvent,
     StoredEvent,
     TenantStore,
@@ -52,21 +53,54 @@ from tidegate.store.rows import (
     AUDIT_COLUMNS,
     DELIVERY_COLUMNS,
     DESTINATION_COLUMNS,
+    DESTINATION_SETTINGS,
     EVENT_COLUMNS,
+    SOURCE_BY_KEY_WHERE,
+    SOURCE_COLUMNS,
     audit_record,
     audit_values,
     delivery_row,
     destination_row,
+    destination_settings,
     event_row,
+    set_clause,
+    source_row,
     tenant_row,
 )
 
 _PENDING = DeliveryStatus.PENDING.value
 _DEAD = DeliveryStatus.DEAD.value
 
+# Columns added to tables after they first shipped. The schema's CREATE TABLE IF NOT
+# EXISTS leaves an existing table as it was, so an existing file gets them here, before
+# the schema runs (its indexes may name them). PostgreSQL gets them from migrations.
+_ADDED_COLUMNS = (
+    ("sources", "prev_write_key_hash", "TEXT"),
+    ("sources", "prev_key_expires_at_ms", "INTEGER"),
+    ("destinations", "prev_secret_ct", "BLOB"),
+    ("destinations", "prev_secret_expires_at_ms", "INTEGER"),
+)
+
 
 def _placeholders(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _add_columns(path: Path) -> None:
+    """Give an existing database file the columns of _ADDED_COLUMNS it lacks (idempotent)."""
+    if not path.exists():
+        return  # a new file: the schema creates every column
+    conn = connect(path)
+    try:
+        # IMMEDIATE: two processes opening one old file at once add each column once.
+        conn.execute("BEGIN IMMEDIATE")
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if present and column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 class SqliteStore:
@@ -74,6 +108,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         schema = resources.files("tidegate.store").joinpath("schema_sqlite.sql").read_text()
+        _add_columns(path)
         self._db = EmbeddedDatabase(path, schema)
 
     @classmethod
@@ -150,18 +185,65 @@ class SqliteStore:
         await self._db.write(insert)
 
     async def source_by_key(self, write_key_hash: str) -> Source | None:
+        from tidegate.ids import now_ms
+
         row = await self._db.read(
             lambda c: c.execute(
-                "SELECT id, tenant_id, name, created_at_ms FROM sources"
-                " WHERE write_key_hash = ? AND revoked_at_ms IS NULL",
-                (write_key_hash,),
+                f"SELECT {SOURCE_COLUMNS} FROM sources WHERE {SOURCE_BY_KEY_WHERE.format(p='?')}",
+                (write_key_hash, write_key_hash, now_ms()),
             ).fetchone()
         )
-        if row is None:
-            return None
-        return Source(
-            id=SourceId(row[0]), tenant_id=TenantId(row[1]), name=row[2], created_at_ms=row[3]
+        return source_row(row) if row else None
+
+    async def list_sources(self, tenant_id: TenantId) -> list[Source]:
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {SOURCE_COLUMNS} FROM sources"
+                " WHERE tenant_id = ? AND revoked_at_ms IS NULL ORDER BY id",
+                (tenant_id,),
+            ).fetchall()
         )
+        return [source_row(r) for r in rows]
+
+    async def rotate_write_key(
+        self,
+        tenant_id: TenantId,
+        source_id: SourceId,
+        write_key_hash: str,
+        *,
+        now_ms: int,
+        overlap_ms: int,
+    ) -> bool:
+        keep_previous = overlap_ms > 0
+        changed = await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE sources SET prev_write_key_hash = CASE WHEN ? THEN write_key_hash END,"
+                    " prev_key_expires_at_ms = ?, write_key_hash = ?"
+                    " WHERE tenant_id = ? AND id = ? AND revoked_at_ms IS NULL",
+                    (
+                        keep_previous,
+                        now_ms + overlap_ms if keep_previous else None,
+                        write_key_hash,
+                        tenant_id,
+                        source_id,
+                    ),
+                ).rowcount
+            )
+        )
+        return bool(changed)
+
+    async def revoke_source(self, tenant_id: TenantId, source_id: SourceId, *, now_ms: int) -> bool:
+        changed = await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE sources SET revoked_at_ms = ?"
+                    " WHERE tenant_id = ? AND id = ? AND revoked_at_ms IS NULL",
+                    (now_ms, tenant_id, source_id),
+                ).rowcount
+            )
+        )
+        return bool(changed)
 
     async def create_api_key(self, tenant_id: TenantId, key_hash: str, name: str) -> None:
         from tidegate.ids import now_ms
@@ -185,6 +267,18 @@ class SqliteStore:
             ).fetchone()
         )
         return TenantId(row[0]) if row else None
+
+    async def revoke_api_key(self, tenant_id: TenantId, key_hash: str, *, now_ms: int) -> bool:
+        changed = await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE api_keys SET revoked_at_ms = ?"
+                    " WHERE tenant_id = ? AND key_hash = ? AND revoked_at_ms IS NULL",
+                    (now_ms, tenant_id, key_hash),
+                ).rowcount
+            )
+        )
+        return bool(changed)
 
     async def data_keys(self, tenant_id: TenantId) -> list[DataKey]:
         rows = await self._db.read(
@@ -288,6 +382,71 @@ class SqliteStore:
                 (status.value, reason, tenant_id, destination_id),
             )
         )
+
+    async def update_destination(self, destination: Destination) -> bool:
+        d = destination
+        assignments = set_clause(DESTINATION_SETTINGS, "?")
+        changed = await self._db.write(
+            lambda c: (
+                c.execute(
+                    f"UPDATE destinations SET {assignments} WHERE tenant_id = ? AND id = ?",
+                    (*destination_settings(d), d.tenant_id, d.id),
+                ).rowcount
+            )
+        )
+        return bool(changed)
+
+    async def delete_destination(self, tenant_id: TenantId, destination_id: DestinationId) -> bool:
+        changed = await self._db.write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM destinations WHERE tenant_id = ? AND id = ?",
+                    (tenant_id, destination_id),
+                ).rowcount
+            )
+        )
+        return bool(changed)
+
+    async def rotate_secret(
+        self,
+        tenant_id: TenantId,
+        destination_id: DestinationId,
+        secret_ciphertext: bytes,
+        *,
+        previous_expires_at_ms: int | None,
+    ) -> bool:
+        keep_previous = previous_expires_at_ms is not None
+        # One statement: the right-hand secret_ct is the value before this update.
+        changed = await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE destinations SET prev_secret_ct = CASE WHEN ? THEN secret_ct END,"
+                    " prev_secret_expires_at_ms = ?, secret_ct = ?"
+                    " WHERE tenant_id = ? AND id = ?",
+                    (
+                        keep_previous,
+                        previous_expires_at_ms,
+                        secret_ciphertext,
+                        tenant_id,
+                        destination_id,
+                    ),
+                ).rowcount
+            )
+        )
+        return bool(changed)
+
+    async def previous_secret(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> PreviousSecret | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT prev_secret_ct, prev_secret_expires_at_ms FROM destinations"
+                " WHERE tenant_id = ? AND id = ? AND prev_secret_ct IS NOT NULL"
+                " AND prev_secret_expires_at_ms > ?",
+                (tenant_id, destination_id, now_ms),
+            ).fetchone()
+        )
+        return PreviousSecret(ciphertext=row[0], expires_at_ms=row[1]) if row else None
 
     # -- events -------------------------------------------------------------------------
 
