@@ -339,3 +339,41 @@ def test_audit_retention_below_90_days_is_refused(tmp_path: Path, receiver: Rece
     done = tg.cli("tenants", "list", check=False)
     assert done.returncode == 2 and "TIDEGATE_AUDIT_RETENTION_DAYS" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cli_changes_are_audited(tmp_path: Path) -> None:
+    tg = Tidegate(tmp_path / "data")
+    tenant = tg.cli("tenants", "create", "audited", "--region", "eu")["id"]
+    source = tg.cli("sources", "create", "--tenant", tenant)["id"]
+    tg.cli("keys", "rotate", "--tenant", tenant)
+    actions = {(r["action"], r["resource"]) for r in tg.cli("audit", "list", "--tenant", tenant)}
+    assert ("tenant.create", tenant) in actions
+    assert ("source.create", source) in actions
+    assert ("keys.rotate", "data key v2") in actions
+    assert all(r["actor"].startswith("cli:") for r in tg.cli("audit", "list"))
+    assert tg.cli("audit", "verify")["ok"] is True
+
+
+def test_no_data_is_returned_when_the_audit_record_cannot_be_written(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The audit write is part of the request: it fails, the read fails, no payload leaks."""
+    tg = Tidegate(tmp_path / "data").start()
+    try:
+        t = tg.tenant()
+        marker = f"secret-{uuid.uuid4().hex}"
+        t.track("Withheld", properties={"note": marker})
+        event_id = wait_until(lambda: t.get("/v1/events").json()["data"])[0]["id"]
+        with sqlite3.connect(tg.data_dir / "store.db") as store:
+            store.execute(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit"
+                " BEGIN SELECT RAISE(ABORT, 'audit storage is failing'); END"
+            )
+        r = t.get(f"/v1/events/{event_id}")
+        assert r.status_code == 503, r.text
+        assert marker not in r.text
+        with sqlite3.connect(tg.data_dir / "store.db") as store:
+            store.execute("DROP TRIGGER refuse_audit")
+        assert t.get(f"/v1/events/{event_id}").json()["payload"]["properties"]["note"] == marker
+    finally:
+        tg.stop()

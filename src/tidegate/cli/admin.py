@@ -23,7 +23,11 @@ def tenants() -> None:
 @json_option
 def tenants_create(name: str, region: str, as_json: bool) -> None:
     """Create a tenant pinned to a region; prints its id."""
-    tenant = run(lambda rt: admin.create_tenant(rt, name, region))
+    tenant = run(
+        lambda rt: admin.create_tenant(rt, name, region),
+        audited="tenant.create",
+        target=lambda t: (t.id, t.id),
+    )
     emit({"id": tenant.id, "name": tenant.name, "region": tenant.region}, as_json, tenant.id)
 
 
@@ -46,7 +50,11 @@ def sources() -> None:
 @json_option
 def sources_create(tenant: str, name: str, as_json: bool) -> None:
     """Create a source; prints its write key ONCE (only a hash is stored)."""
-    source, write_key = run(lambda rt: admin.create_source(rt, tenant, name))
+    source, write_key = run(
+        lambda rt: admin.create_source(rt, tenant, name),
+        audited="source.create",
+        target=lambda r: (tenant, r[0].id),
+    )
     emit(
         {"id": source.id, "tenant_id": source.tenant_id, "write_key": write_key},
         as_json,
@@ -79,7 +87,9 @@ def sources_list(tenant: str, as_json: bool) -> None:
 def sources_rotate_key(tenant: str, source_id: str, overlap_s: int, as_json: bool) -> None:
     """Give a source a new write key; prints it ONCE. Ingest caches keys for up to 10 s."""
     write_key, expires_at_ms = run(
-        lambda rt: admin.rotate_write_key(rt, tenant, source_id, overlap_s=overlap_s)
+        lambda rt: admin.rotate_write_key(rt, tenant, source_id, overlap_s=overlap_s),
+        audited="source.rotate_key",
+        target=lambda _: (tenant, source_id),
     )
     emit(
         {"id": source_id, "write_key": write_key, "previous_key_expires_at_ms": expires_at_ms},
@@ -94,7 +104,11 @@ def sources_rotate_key(tenant: str, source_id: str, overlap_s: int, as_json: boo
 @json_option
 def sources_revoke(tenant: str, source_id: str, as_json: bool) -> None:
     """Revoke a source: its write keys are refused (within ingest's 10 s key cache)."""
-    run(lambda rt: admin.revoke_source(rt, tenant, source_id))
+    run(
+        lambda rt: admin.revoke_source(rt, tenant, source_id),
+        audited="source.revoke",
+        target=lambda _: (tenant, source_id),
+    )
     emit({"id": source_id, "revoked": True}, as_json, f"source {source_id} revoked")
 
 
@@ -109,7 +123,11 @@ def apikeys() -> None:
 @json_option
 def apikeys_create(tenant: str, name: str, as_json: bool) -> None:
     """Create an API key; prints it ONCE (only a hash is stored)."""
-    key = run(lambda rt: admin.create_api_key(rt, tenant, name))
+    key = run(
+        lambda rt: admin.create_api_key(rt, tenant, name),
+        audited="apikey.create",
+        target=lambda _: (tenant, None),
+    )
     emit({"tenant_id": tenant, "api_key": key}, as_json, f"API key (shown once): {key}")
 
 
@@ -119,7 +137,11 @@ def apikeys_create(tenant: str, name: str, as_json: bool) -> None:
 @json_option
 def apikeys_revoke(tenant: str, api_key: str, as_json: bool) -> None:
     """Revoke an API key of the tenant (the API caches keys for up to 10 s)."""
-    run(lambda rt: admin.revoke_api_key(rt, tenant, api_key))
+    run(
+        lambda rt: admin.revoke_api_key(rt, tenant, api_key),
+        audited="apikey.revoke",
+        target=lambda _: (tenant, None),
+    )
     emit({"tenant_id": tenant, "revoked": True}, as_json, "API key revoked")
 
 
@@ -163,7 +185,9 @@ def destinations_create(
             retry_schedule=retry_schedule,
             retry_4xx=not no_retry_4xx,
             timeout_s=timeout_s,
-        )
+        ),
+        audited="destination.create",
+        target=lambda r: (tenant, r[0].id),
     )
     emit(
         {
@@ -244,7 +268,11 @@ def destinations_update(
         if value is not None:
             given[field] = value or None  # "" clears it
     changes = admin.DestinationChanges(**{k: v for k, v in given.items() if v is not None})
-    updated = run(lambda rt: admin.update_destination(rt, tenant, destination_id, changes))
+    updated = run(
+        lambda rt: admin.update_destination(rt, tenant, destination_id, changes),
+        audited="destination.update",
+        target=lambda _: (tenant, destination_id),
+    )
     emit(
         {
             "id": updated.id,
@@ -264,7 +292,11 @@ def destinations_update(
 @json_option
 def destinations_delete(tenant: str, destination_id: str, as_json: bool) -> None:
     """Delete a destination; what it had pending becomes dead letters."""
-    moved = run(lambda rt: admin.delete_destination(rt, tenant, destination_id))
+    moved = run(
+        lambda rt: admin.delete_destination(rt, tenant, destination_id),
+        audited="destination.delete",
+        target=lambda _: (tenant, destination_id),
+    )
     emit(
         {"id": destination_id, "deleted": True, "dead_lettered": moved},
         as_json,
@@ -289,7 +321,9 @@ def destinations_rotate_secret(
 ) -> None:
     """A new whsec_ signing secret; prints it ONCE."""
     secret, expires_at_ms = run(
-        lambda rt: admin.rotate_destination_secret(rt, tenant, destination_id, overlap_s=overlap_s)
+        lambda rt: admin.rotate_destination_secret(rt, tenant, destination_id, overlap_s=overlap_s),
+        audited="destination.rotate_secret",
+        target=lambda _: (tenant, destination_id),
     )
     emit(
         {"id": destination_id, "secret": secret, "previous_secret_expires_at_ms": expires_at_ms},
@@ -313,5 +347,5 @@ def keys_rotate(tenant: str, as_json: bool) -> None:
         found = await admin.require_tenant(rt, tenant)
         return await rt.envelope.rotate(found.id)
 
-    version = run(action)
+    version = run(action, audited="keys.rotate", target=lambda v: (tenant, f"data key v{v}"))
     emit({"tenant_id": tenant, "key_version": version}, as_json, f"data key version {version}")

@@ -23,15 +23,27 @@ T = TypeVar("T")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def run(action: Callable[[Runtime], Awaitable[T]]) -> T:
-    """Open the engines, run `action`, close them; errors exit 1 with their detail."""
+def run(
+    action: Callable[[Runtime], Awaitable[T]],
+    *,
+    audited: str | None = None,
+    target: Callable[[T], tuple[str | None, str | None]] | None = None,
+) -> T:
+    """Open the engines, run `action`, close them; errors exit 1 with their detail.
 
+    A change names itself with `audited` (the action) and `target` (result -> tenant
+    id and resource): it is recorded in the audit log before its result is printed.
+    """
     settings = load_settings()
 
     async def main() -> T:
         runtime = open_runtime(settings)
         try:
-            return await action(runtime)
+            result = await action(runtime)
+            if audited is not None:
+                tenant_id, resource = target(result) if target else (None, None)
+                await record(runtime, audited, tenant_id, resource)
+            return result
         finally:
             await runtime.aclose()
 
