@@ -42,6 +42,7 @@ clean:
 	rm -rf $(VENV) .tidegate .pytest_cache .mypy_cache .ruff_cache
 
 ## make bench: Tidegate, a webhook receiver and a baseline app on 127.0.0.1; ~3 minutes.
+## ENGINE=embedded (default), ENGINE=postgres+kafka, or ENGINE=both (side by side, ~2.5 min).
 ## Appends a section to docs/benchmarks.md and writes bench/results/<timestamp>.json.
 bench: $(VENV)/.test-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --engine $(or $(ENGINE),embedded)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,17 +61,28 @@ class MachineCpu:
 
 
 class ProcessMeter:
-    """CPU used by a set of processes and by the machine over a window."""
+    """CPU used by a set of processes and by the machine over a window.
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._cpu: dict[str, float] = {}
+    Each name stands for one process or a group of them (PostgreSQL backends): a
+    group's CPU is the sum over its processes that were there at the start of the
+    window and still are at its end (one that comes or goes meanwhile is not counted).
+    """
+
+    def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
+        self.pids: dict[str, tuple[int, ...]] = {
+            name: (pid,) if isinstance(pid, int) else tuple(pid) for name, pid in pids.items()
+        }
+        self._groups = {name for name, pid in pids.items() if not isinstance(pid, int)}
+        self._cpu: dict[str, dict[int, float]] = {}
         self._machine = MachineCpu.read()
         self._self_cpu = 0.0
         self._wall = 0.0
 
     def start(self, wall: float) -> None:
-        self._cpu = {name: _safe_cpu(pid) for name, pid in self.pids.items()}
+        self._cpu = {}
+        for name, group in self.pids.items():
+            readings = {pid: _safe_cpu(pid) for pid in group}
+            self._cpu[name] = {pid: cpu for pid, cpu in readings.items() if cpu is not None}
         self._self_cpu = cpu_seconds(os.getpid())
         self._machine = MachineCpu.read()
         self._wall = wall
@@ -78,11 +90,16 @@ class ProcessMeter:
     def stop(self, wall: float) -> dict[str, object]:
         elapsed = max(1e-9, wall - self._wall)
         out: dict[str, object] = {}
-        for name, pid in self.pids.items():
-            used = _safe_cpu(pid) - self._cpu[name]
+        for name, started in self._cpu.items():
+            used = 0.0
+            for pid, before in started.items():
+                now = _safe_cpu(pid)
+                if now is not None:
+                    used += max(0.0, now - before)
             out[name] = {
                 "cpu_s": round(used, 2),
                 "cpu_pct_of_one_core": round(100 * used / elapsed),
+                **({"processes": len(started)} if name in self._groups else {}),
             }
         used = cpu_seconds(os.getpid()) - self._self_cpu
         out["load_generator"] = {
@@ -98,8 +115,9 @@ class ProcessMeter:
         return out
 
 
-def _safe_cpu(pid: int) -> float:
+def _safe_cpu(pid: int) -> float | None:
+    """CPU seconds of `pid`, or None once it has exited (or was reused: not ours to read)."""
     try:
         return cpu_seconds(pid)
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
+        return None

@@ -18,12 +18,14 @@ within one run drift much less.
 ```sh
 make bench                            # = .venv/bin/python bench/run.py  (about 3 minutes)
 .venv/bin/python bench/run.py --quick # about 1 minute, shorter windows
+make bench ENGINE=postgres+kafka      # = bench/run.py --engine postgres+kafka
+make bench ENGINE=both                # embedded and PostgreSQL + Kafka side by side (~2.5 min)
 ```
 
-`--rate`, `--e2e-seconds`, `--burst-seconds`, `--concurrency`, `--batch-concurrency`,
-`--read-rate`, `--no-docs`, `--keep-data`: see `bench/run.py --help`. Every run also
-writes every figure (and a 2-second timeline of scenario (c)) to
-`bench/results/<timestamp>.json` (git-ignored).
+`--engine` (embedded, postgres+kafka, both), `--rate`, `--e2e-seconds`, `--burst-seconds`,
+`--concurrency`, `--batch-concurrency`, `--read-rate`, `--no-docs`, `--keep-data`: see
+`bench/run.py --help`. Every run also writes every figure (and a 2-second timeline of
+scenario (c)) to `bench/results/<timestamp>.json` (git-ignored).
 
 ## Method
 
@@ -125,8 +127,9 @@ def machine_line(machine: dict[str, Any]) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    s: dict[str, Any] = doc.get("scenarios", {})
+    """The section of one run: every engine it measured (side by side when several)."""
     plan = doc["plan"]
+    runs: list[dict[str, Any]] = doc.get("engines", [])
     commit = (doc.get("commit") or "unknown")[:12]
     lines = [
         f"### {doc['started_utc'].replace('T', ' ').replace('+00:00', ' UTC')}"
@@ -137,7 +140,41 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     if doc.get("failure"):
         lines += [f"**Run failed**: {doc['failure']}", ""]
+    if len(runs) == 1:
+        lines += [f"Engine: {runs[0]['engine']}: {_engine_setup(runs[0])}.", ""]
+        lines += _engine_body(plan, runs[0])
+        lines += [f"Run took {doc.get('elapsed_s')} s.", ""]
+        return "\n".join(lines)
     lines += [
+        "Engines, one after the other in this order, each on a `tidegate serve` (and"
+        " receiver) of its own; the baseline app and the load generator are shared. (b) is"
+        " not part of a multi-engine run.",
+        "",
+        *[f"- **{r['engine']}**: {_engine_setup(r)}." for r in runs],
+        "",
+        *_comparison(plan, runs),
+    ]
+    for run in runs:
+        lines += [f"#### {run['engine']}", ""]
+        if run.get("failure"):
+            lines += [f"**Failed**: {run['failure']}", ""]
+        lines += _engine_body(plan, run)
+    lines += [f"Run took {doc.get('elapsed_s')} s in all.", ""]
+    return "\n".join(lines)
+
+
+def _engine_setup(run: dict[str, Any]) -> str:
+    info = run.get("info", {})
+    text = str(run.get("description", run["engine"]))
+    if info.get("postgres_server"):
+        text += f"; {info['postgres_server']}"
+    return text
+
+
+def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """Every figure of one engine's part of the run."""
+    s: dict[str, Any] = run.get("scenarios", {})
+    lines: list[str] = [
         "| Scenario | Load | Throughput | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | Errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -287,11 +324,18 @@ def markdown(doc: dict[str, Any]) -> str:
                 "events_acked": drain["delivered_during_drain"],
             },
         }
+    # the engine's own processes (PostgreSQL backends, Kafka broker), when it has any
+    extra = [
+        (name, label)
+        for name, label in (("postgres", "PostgreSQL backends"), ("kafka", "Kafka broker"))
+        if any(name in sc.get("resources", {}) for sc in s.values() if isinstance(sc, dict))
+    ]
     table = [
         "| Window | Server CPU s (% of one core) | Server CPU ms / 1k events"
-        " | Generator % core | Receiver % core | Other processes % core"
+        + "".join(f" | {label} % core" for _name, label in extra)
+        + " | Generator % core | Receiver % core | Other processes % core"
         " | Machine busy % (all cores) | Steal % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:" + "|---:" * len(extra) + "|---:|---:|---:|---:|---:|",
     ]
     for key, label, server in rows:
         if key not in s:
@@ -302,7 +346,11 @@ def markdown(doc: dict[str, Any]) -> str:
         per_k = 1000 * srv.get("cpu_s", 0) * 1000 / events if events else None
         table.append(
             f"| {label} | {_n(srv.get('cpu_s'), 1)} ({_n(srv.get('cpu_pct_of_one_core'))}%)"
-            f" | {_n(per_k, 0)} | {_n(_res(sc, 'load_generator').get('cpu_pct_of_one_core'))}"
+            f" | {_n(per_k, 0)}"
+            + "".join(
+                f" | {_n(_res(sc, name).get('cpu_pct_of_one_core'))}" for name, _label in extra
+            )
+            + f" | {_n(_res(sc, 'load_generator').get('cpu_pct_of_one_core'))}"
             f" | {_n(_res(sc, 'receiver').get('cpu_pct_of_one_core'))}"
             f" | {_n(_res(sc, 'machine').get('others_pct_of_one_core'))}"
             f" | {_n(_res(sc, 'machine').get('busy_pct'), 1)}"
@@ -320,7 +368,7 @@ def markdown(doc: dict[str, Any]) -> str:
             " figures are the generator's limit, not the server's): " + ", ".join(bound) + ".",
             "",
         ]
-    tg = doc.get("tidegate", {})
+    tg = run.get("tidegate", {})
     mem = tg.get("memory_mib", {})
     log = tg.get("log", {})
     levels = log.get("by_level", {})
@@ -330,10 +378,220 @@ def markdown(doc: dict[str, Any]) -> str:
         f" whole run; SIGTERM → exit code {tg.get('sigterm_exit_code')} after"
         f" {tg.get('sigterm_stop_s')} s; log: {levels.get('warning', 0)} warnings,"
         f" {levels.get('error', 0)} errors, {log.get('non_json_lines', 0)} other lines."
-        f" Run took {doc.get('elapsed_s')} s.",
+        f" This engine's part took {run.get('elapsed_s')} s.",
         "",
     ]
-    return "\n".join(lines)
+    samples: list[str] = log.get("samples", [])
+    if samples:
+        lines += [
+            "First distinct warnings and errors in Tidegate's log:",
+            "",
+            "```",
+            *samples[:8],
+            "```",
+            "",
+        ]
+    at_end = run.get("engine_at_end", {})
+    if at_end:
+        size = _n(at_end.get("postgres_database_size_mib"), 1)
+        connections = at_end.get("postgres_connections_at_end")
+        lines += [
+            f"PostgreSQL at the end: database size {size} MiB,"
+            f" {connections} connections from Tidegate.",
+            "",
+        ]
+    if run.get("teardown_error"):
+        lines += [f"Tearing the engine down failed: {run['teardown_error']}", ""]
+    return lines
+
+
+def _pct(scenario: dict[str, Any], name: str) -> str:
+    return _n(_res(scenario, name).get("cpu_pct_of_one_core"))
+
+
+def _comparison(plan: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
+    """One row per figure, one column per engine."""
+
+    def row(label: str, cell: Any) -> str:
+        cells = []
+        for run in runs:
+            try:
+                cells.append(str(cell(run.get("scenarios", {}), run)))
+            except (KeyError, TypeError, ZeroDivisionError):
+                cells.append("n/a")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    def lat(summary: dict[str, Any]) -> str:
+        return " / ".join(_n(summary.get(k), 1) for k in ("p50", "p95", "p99", "p99_9", "max"))
+
+    def ratio(s: dict[str, Any], _run: dict[str, Any]) -> str:
+        rates = [s[k]["events_per_s"] for k in ("baseline_before", "baseline_after") if k in s]
+        return f"**{s['a_track']['events_per_s'] / (sum(rates) / len(rates)):.2f}x**"
+
+    def per_k(s: dict[str, Any], key: str, *names: str) -> str:
+        used = sum(_res(s[key], name).get("cpu_s", 0.0) for name in names)
+        return _n(1e6 * used / s[key]["events_acked"])
+
+    def kept_up(s: dict[str, Any], _run: dict[str, Any]) -> str:
+        v = s["c_e2e"]["verdict"]
+        return (
+            f"**{'yes' if v['kept_up'] else 'no'}** (rate ratio {v['delivery_to_ack_rate_ratio']},"
+            f" p50 {_n(v['first_slice_p50_ms'])} → {_n(v['last_slice_p50_ms'])} ms)"
+        )
+
+    def log_line(_s: dict[str, Any], run: dict[str, Any]) -> str:
+        log = run["tidegate"]["log"]
+        levels = log.get("by_level", {})
+        return (
+            f"{levels.get('warning', 0)} / {levels.get('error', 0)}"
+            f" / {log.get('non_json_lines', 0)}"
+        )
+
+    rate = _n(plan["rate"])
+    senders = f"{plan['concurrency']} senders, {plan['burst_s']:g} s"
+    header = "| Figure | " + " | ".join(f"{r['engine']}" for r in runs) + " |"
+    lines = [
+        header,
+        "|---|" + "---:|" * len(runs),
+        row(
+            "Baseline (minimal ASGI app) before / after (a), req/s",
+            lambda s, _r: (
+                f"{_n(s['baseline_before']['requests_per_s'])}"
+                f" / {_n(s['baseline_after']['requests_per_s'])}"
+            ),
+        ),
+        row(
+            f"(a) `POST /v1/track` ack, closed loop, {senders}: events/s",
+            lambda s, _r: _n(s["a_track"]["events_per_s"]),
+        ),
+        row("(a) ÷ mean baseline of the same engine's part", ratio),
+        row(
+            "(a) latency p50 / p95 / p99 / p99.9 / max, ms",
+            lambda s, _r: lat(s["a_track"]["latency_ms"]),
+        ),
+        row("(a) errors", lambda s, _r: _errors(s["a_track"])),
+        row(
+            "(a) router catch-up (acked → listed by the read API), s",
+            lambda s, _r: _n(s["a_track"]["router_catch_up_s"], 2),
+        ),
+        row(
+            "(a) Tidegate CPU, % of one core · ms per 1k events",
+            lambda s, _r: f"{_pct(s['a_track'], 'tidegate')}% · {per_k(s, 'a_track', 'tidegate')}",
+        ),
+        row(
+            "(a) PostgreSQL backends / Kafka broker CPU, % of one core",
+            lambda s, _r: f"{_pct(s['a_track'], 'postgres')} / {_pct(s['a_track'], 'kafka')}",
+        ),
+        row(
+            "(a) Tidegate + PostgreSQL backends + Kafka broker CPU, ms per 1k events",
+            lambda s, _r: per_k(s, "a_track", "tidegate", "postgres", "kafka"),
+        ),
+        row(
+            f"(c) `POST /v1/track` open loop at {rate}/s, {plan['e2e_s']:g} s: acked events/s",
+            lambda s, _r: _n(s["c_e2e"]["events_per_s"]),
+        ),
+        row(
+            "(c) ack latency from intended send p50 / p95 / p99 / p99.9 / max, ms",
+            lambda s, _r: lat(s["c_e2e"]["ack_latency_ms"]),
+        ),
+        row(
+            "(c) ingest → delivery p50 / p95 / p99 / p99.9 / max, ms",
+            lambda s, _r: lat(s["c_e2e"]["delivery_latency_ms"]),
+        ),
+        row(
+            "(c) sent / acknowledged / delivered",
+            lambda s, _r: " / ".join(
+                _n(s["c_e2e"]["ledger"][k]) for k in ("sent", "acknowledged", "delivered")
+            ),
+        ),
+        row(
+            "(c) **lost** (acknowledged, not delivered)", lambda s, _r: s["c_e2e"]["ledger"]["lost"]
+        ),
+        row(
+            "(c) errors · duplicate deliveries · delivered but not acknowledged",
+            lambda s, _r: (
+                f"{_errors(s['c_e2e'])} · {s['c_e2e']['ledger']['duplicate_deliveries']}"
+                f" · {s['c_e2e']['ledger']['delivered_but_not_acknowledged']}"
+            ),
+        ),
+        row(
+            "(c) delivery rate while sending · after, per s",
+            lambda s, _r: (
+                f"{_n(s['c_e2e']['delivery_rate_while_sending_per_s'])}"
+                f" · {_n(s['c_e2e']['drain']['delivery_rate_per_s'])}"
+            ),
+        ),
+        row(
+            "(c) delivered when sending stopped · the rest took, s",
+            lambda s, _r: (
+                f"{_n(s['c_e2e']['delivered_at_end_of_sending'])}"
+                f" · {s['c_e2e']['drain']['waited_s']}"
+            ),
+        ),
+        row(f"(c) delivery kept up at {rate}/s?", kept_up),
+        row(
+            "(c) deliveries pending / dead at the end (read API)",
+            lambda s, _r: (
+                f"{s['c_e2e']['lost_accounting'].get('deliveries_pending')}"
+                f" / {s['c_e2e']['lost_accounting'].get('deliveries_dead')}"
+            ),
+        ),
+        row(
+            "(c) signatures verified (sampled deliveries)",
+            lambda s, _r: (
+                f"{s['c_e2e']['signatures'].get('verified', 0)} of"
+                f" {s['c_e2e']['signatures'].get('checked', 0)}"
+            ),
+        ),
+        row(
+            "(c) generator dispatch lag p99 / max, ms",
+            lambda s, _r: (
+                f"{_n(s['c_e2e']['dispatch_lag_ms'].get('p99'), 1)}"
+                f" / {_n(s['c_e2e']['dispatch_lag_ms'].get('max'), 1)}"
+            ),
+        ),
+        row(
+            f"(d) `GET /v1/events?limit=20` during (c), {plan['read_rate']:g} req/s:"
+            " p50 / p95 / p99 / p99.9 / max, ms",
+            lambda s, _r: lat(s["d_read"]["latency_ms"]),
+        ),
+        row("(d) errors", lambda s, _r: _errors(s["d_read"])),
+        row(
+            "(c)+(d) Tidegate CPU, % of one core · ms per 1k events",
+            lambda s, _r: f"{_pct(s['c_e2e'], 'tidegate')}% · {per_k(s, 'c_e2e', 'tidegate')}",
+        ),
+        row(
+            "(c)+(d) PostgreSQL backends / Kafka broker CPU, % of one core",
+            lambda s, _r: f"{_pct(s['c_e2e'], 'postgres')} / {_pct(s['c_e2e'], 'kafka')}",
+        ),
+        row(
+            "(c)+(d) Tidegate + PostgreSQL backends + Kafka broker CPU, ms per 1k events",
+            lambda s, _r: per_k(s, "c_e2e", "tidegate", "postgres", "kafka"),
+        ),
+        row(
+            "(c)+(d) other processes % of one core · machine busy %",
+            lambda s, _r: (
+                f"{_n(_res(s['c_e2e'], 'machine').get('others_pct_of_one_core'))}"
+                f" · {_n(_res(s['c_e2e'], 'machine').get('busy_pct'), 1)}"
+            ),
+        ),
+        row(
+            "Tidegate peak RSS (VmHWM), MiB",
+            lambda _s, r: _n(r["tidegate"]["memory_mib"].get("VmHWM"), 1),
+        ),
+        row("Tidegate log: warnings / errors / other lines", log_line),
+        row(
+            "Tidegate SIGTERM → exit code (s)",
+            lambda _s, r: (
+                f"{r['tidegate']['sigterm_exit_code']} ({r['tidegate']['sigterm_stop_s']})"
+            ),
+        ),
+        row("This engine's part of the run, s", lambda _s, r: r["elapsed_s"]),
+        "",
+        "The engines' full figures follow.",
+        "",
+    ]
+    return lines
 
 
 def append_to_docs(path: Path, doc: dict[str, Any], section: str) -> None:

@@ -2,10 +2,18 @@
 
     .venv/bin/python bench/run.py            # ~3 minutes (what `make bench` runs)
     .venv/bin/python bench/run.py --quick    # ~1 minute
+    .venv/bin/python bench/run.py --engine postgres+kafka   # make bench ENGINE=postgres+kafka
+    .venv/bin/python bench/run.py --engine both             # make bench ENGINE=both, ~2.5 min
 
 Starts, each in its own process on 127.0.0.1: `tidegate serve` in a fresh temp data
 dir, a webhook receiver (bench/receiver.py) and a minimal ASGI app under uvicorn
 (bench/baseline_app.py, the machine's ceiling). The load generator runs here.
+
+Engines (--engine): `embedded` (default: SQLite log and store), `postgres+kafka` (a
+fresh database on the PostgreSQL server at 127.0.0.1:5432 and a Tansu Kafka-protocol
+broker started for the run, see bench/engines.py), or `both`: the baseline, (a), (c)
+and (d) on each engine in turn, each on a Tidegate process (and receiver) of its own,
+reported side by side; (b) is left out of `both` to keep the run short.
 
 Scenarios:
   baseline  the minimal app, closed loop, same generator as (a); run before and after (a)
@@ -38,13 +46,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import engines
 import loadgen
 import procstat
 import report
@@ -61,6 +70,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Plan:
     quick: bool
+    engines: tuple[str, ...]
+    batch: bool
     warmup_s: float
     burst_s: float
     concurrency: int
@@ -75,8 +86,12 @@ class Plan:
     @staticmethod
     def from_args(args: argparse.Namespace) -> Plan:
         quick = bool(args.quick)
+        selected = engines.selected(args.engine)
         return Plan(
             quick=quick,
+            engines=selected,
+            # (b) runs when one engine is measured; `both` keeps to (a), (c) and (d)
+            batch=len(selected) == 1,
             warmup_s=1.0 if quick else 2.0,
             burst_s=args.burst_seconds or (4.0 if quick else 10.0),
             concurrency=args.concurrency,
@@ -97,7 +112,7 @@ class Plan:
 class Window:
     """CPU of every process (and the machine) over one measured window."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int | Sequence[int]]) -> None:
         self._meter = procstat.ProcessMeter(pids)
 
     def __enter__(self) -> Window:
@@ -347,10 +362,20 @@ async def measure(
     bl: services.Service,
     ingest: services.Tenant,
     e2e: services.Tenant,
+    engine: engines.Engine,
     out: dict[str, Any],
 ) -> None:
     """Run every scenario, filling `out` as it goes (a failure keeps what was measured)."""
-    pids = {"tidegate": tg.pid, "receiver": rc.pid, "baseline": bl.pid}
+
+    def pids() -> dict[str, int | Sequence[int]]:
+        # read at the start of each window: the PostgreSQL backends come and go
+        return {"tidegate": tg.pid, "receiver": rc.pid, "baseline": bl.pid, **engine.pids()}
+
+    def check(stage: str) -> None:
+        for service in (tg, rc, bl):
+            ensure_alive(service, stage)
+        engine.check(stage)
+
     async with contextlib.AsyncExitStack() as stack:
         control = await stack.enter_async_context(loadgen.session(8))
         burst = await stack.enter_async_context(loadgen.session(plan.concurrency))
@@ -367,12 +392,11 @@ async def measure(
                 concurrency=concurrency,
                 duration_s=plan.warmup_s,
             )
-            with Window(pids) as window:
+            with Window(pids()) as window:
                 result = await loadgen.closed_loop(
                     burst, target, name=name, concurrency=concurrency, duration_s=duration_s
                 )
-            for service in (tg, rc, bl):
-                ensure_alive(service, name)
+            check(name)
             print(
                 f"  {name}: {result.events_per_s:,.0f} events/s, "
                 f"p99 {summarize_ms(result.latencies_s)['p99']} ms, errors {dict(result.errors)}",
@@ -391,7 +415,7 @@ async def measure(
         a_target = loadgen.track_target(tg.base, ingest.write_key, f"{run_id}-a")
         r, res = await closed("a_track", a_target, plan.concurrency, plan.burst_s)
         out["a_track"] = closed_summary(r, res)
-        with Window(pids) as window:
+        with Window(pids()) as window:
             out["a_track"]["router_catch_up_s"] = await catch_up(
                 control, tg.base, ingest, f"{run_id}-sentinel-a", plan.catchup_s
             )
@@ -404,16 +428,19 @@ async def measure(
         out["baseline_after"] = closed_summary(r, res)
 
         # (b) batched ingest
-        print(f"(b) POST /v1/batch x{plan.batch_size}, closed loop", flush=True)
-        b_target = loadgen.batch_target(tg.base, ingest.write_key, f"{run_id}-b", plan.batch_size)
-        r, res = await closed("b_batch", b_target, plan.batch_concurrency, plan.burst_s)
-        out["b_batch"] = closed_summary(r, res)
-        with Window(pids) as window:
-            out["b_batch"]["router_catch_up_s"] = await catch_up(
-                control, tg.base, ingest, f"{run_id}-sentinel-b", plan.catchup_s
+        if plan.batch:
+            print(f"(b) POST /v1/batch x{plan.batch_size}, closed loop", flush=True)
+            b_target = loadgen.batch_target(
+                tg.base, ingest.write_key, f"{run_id}-b", plan.batch_size
             )
-        out["b_batch"]["catch_up_resources"] = window.resources
-        print(f"  router caught up after {out['b_batch']['router_catch_up_s']} s", flush=True)
+            r, res = await closed("b_batch", b_target, plan.batch_concurrency, plan.burst_s)
+            out["b_batch"] = closed_summary(r, res)
+            with Window(pids()) as window:
+                out["b_batch"]["router_catch_up_s"] = await catch_up(
+                    control, tg.base, ingest, f"{run_id}-sentinel-b", plan.catchup_s
+                )
+            out["b_batch"]["catch_up_resources"] = window.resources
+            print(f"  router caught up after {out['b_batch']['router_catch_up_s']} s", flush=True)
 
         # (c) + (d): end to end at a fixed rate, with reads alongside
         print(f"(c) open loop {plan.rate:g} events/s for {plan.e2e_s:g} s, + (d) reads", flush=True)
@@ -435,7 +462,7 @@ async def measure(
             lambda status, body: status == 200 and body.startswith(b'{"data":['),
         )
         metrics_before = await scrape_metrics(control, tg.base)
-        with Window(pids) as window:
+        with Window(pids()) as window:
             c, d = await asyncio.gather(
                 loadgen.open_loop(
                     ingest_http,
@@ -450,11 +477,10 @@ async def measure(
                 ),
             )
         c_resources = window.resources
-        for service in (tg, rc, bl):
-            ensure_alive(service, "(c)")
+        check("(c)")
         prefix = f"{run_id}-c-"
         at_end = await receiver_counts(control, rc, prefix)
-        with Window(pids) as window:
+        with Window(pids()) as window:
             delivered, drain_wait = await wait_delivered(
                 control, rc, prefix, c.events_acked, plan.drain_s
             )
@@ -577,15 +603,105 @@ def head_commit() -> str | None:
     return None
 
 
-def command_line() -> str:
+def command_line(engine: str) -> str:
     if os.environ.get("MAKELEVEL"):
-        return "make bench"
+        return "make bench" + ("" if engine == engines.EMBEDDED else f" ENGINE={engine}")
     return " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
+
+
+def run_engine(
+    plan: Plan, name: str, run_id: str, work: Path, bl: services.Service
+) -> dict[str, Any]:
+    """Every scenario of `plan` on engine `name`: its own Tidegate process (fresh data dir,
+    fresh database and topics) and receiver; the baseline app is shared. Stops what it
+    started, and reports a failure rather than raising it."""
+    tag = f"{run_id}{'pk' if name == engines.POSTGRES_KAFKA else 'em'}"
+    engine_dir = work / engines.slug(name)
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    print(f"== engine {name}", flush=True)
+    results: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    final: dict[str, Any] = {}
+    tidegate_memory: dict[str, float] = {}
+    tidegate_cpu_total: float | None = None
+    failure: str | None = None
+    teardown_error: str | None = None
+    tg: services.Service | None = None
+    rc: services.Service | None = None
+    started_services: list[services.Service] = []
+    was_alive = False
+    wall = time.monotonic()
+    try:
+        with engines.provision(name, engine_dir) as engine:
+            info = dict(engine.info)
+            tg = services.tidegate(engine_dir / "data", free_port(), engine_dir, engine.env)
+            rc = services.receiver(free_port(), engine_dir)
+            try:
+                for service in (tg, rc):
+                    started_services.append(service.start())
+                for service in (tg, rc):
+                    service.wait_ready()
+                ingest = services.create_tenant(tg, f"bench-ingest-{tag}", None)
+                e2e = services.create_tenant(tg, f"bench-e2e-{tag}", rc.base + "/hook")
+                # bounded: setup + scenarios + waits, with generous room for a slow machine
+                budget_s = 900.0
+                run_async(
+                    bounded(measure(plan, tag, tg, rc, bl, ingest, e2e, engine, results), budget_s)
+                )
+                if tg.alive():
+                    tidegate_memory = procstat.memory_mib(tg.pid)
+                    tidegate_cpu_total = round(procstat.cpu_seconds(tg.pid), 2)
+                else:
+                    failure = f"tidegate exited during the run (code {tg.proc and tg.proc.poll()})"
+                final = engine.final()
+            except Exception as exc:  # noqa: BLE001 - reported, then processes are stopped
+                failure = f"{type(exc).__name__}: {exc}"
+                print(f"bench failed on {name}: {failure}", file=sys.stderr)
+            finally:
+                was_alive = tg.alive()
+                for service in reversed(started_services):
+                    service.stop()
+    except Exception as exc:  # noqa: BLE001 - setting the engine up or tearing it down
+        message = f"{type(exc).__name__}: {exc}"
+        if tg is None:
+            failure = failure or f"setting up {name}: {message}"
+        else:
+            teardown_error = message
+        print(f"bench: engine {name}: {message}", file=sys.stderr)
+    result: dict[str, Any] = {
+        "engine": name,
+        "description": engines.DESCRIPTIONS[name],
+        "info": info,
+        "run_tag": tag,
+        "elapsed_s": round(time.monotonic() - wall, 1),
+        "failure": failure,
+        "teardown_error": teardown_error,
+        "scenarios": results,
+        "engine_at_end": final,
+        "tidegate": {
+            "pid_cpu_s_total": tidegate_cpu_total,
+            "memory_mib": tidegate_memory,
+            "alive_at_end": was_alive,
+            "sigterm_exit_code": tg.exit_code if tg else None,
+            "sigterm_stop_s": tg.stop_s if tg else None,
+            "log": services.log_problems(tg) if tg else {},
+        },
+        "receiver": {"sigterm_exit_code": rc.exit_code if rc else None},
+    }
+    if failure is not None:
+        result["logs_tail"] = {s.name: s.log_tail() for s in started_services}
+    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="about one minute instead of three")
+    parser.add_argument(
+        "--engine",
+        choices=engines.CHOICES,
+        default=engines.EMBEDDED,
+        help="embedded (default), postgres+kafka, or both side by side ((a), (c), (d) only)",
+    )
     parser.add_argument("--rate", type=float, default=1200.0, help="(c) events/s (open loop)")
     parser.add_argument("--e2e-seconds", type=float, help="(c) duration (default 20, quick 10)")
     parser.add_argument("--burst-seconds", type=float, help="(a), (b), baseline duration")
@@ -598,69 +714,53 @@ def main() -> int:
     plan = Plan.from_args(args)
     if plan.rate <= 0 or plan.read_rate <= 0 or plan.concurrency < 1:
         parser.error("rates and concurrency must be positive")
+    try:
+        for name in plan.engines:
+            engines.preflight(name)
+    except engines.EngineUnavailable as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
 
     started = datetime.now(UTC)
     run_id = f"bench{started:%H%M%S}{uuid.uuid4().hex[:6]}"
     machine = machine_info()
     work = Path(tempfile.mkdtemp(prefix="tidegate-bench-"))
-    data_dir = work / "data"
-    print(f"tidegate bench {run_id}: work dir {work}", flush=True)
+    print(
+        f"tidegate bench {run_id}: work dir {work}, engines {', '.join(plan.engines)}", flush=True
+    )
 
-    tg = services.tidegate(data_dir, free_port(), work)
-    rc = services.receiver(free_port(), work)
     bl = services.baseline(free_port(), work)
-    started_services: list[services.Service] = []
-    results: dict[str, Any] = {}
-    tidegate_memory: dict[str, float] = {}
-    tidegate_cpu_total: float | None = None
+    runs: list[dict[str, Any]] = []
     failure: str | None = None
     wall = time.monotonic()
     try:
-        for service in (tg, rc, bl):
-            started_services.append(service.start())
-        for service in (tg, rc, bl):
-            service.wait_ready()
-        ingest = services.create_tenant(tg, f"bench-ingest-{run_id}", None)
-        e2e = services.create_tenant(tg, f"bench-e2e-{run_id}", rc.base + "/hook")
-        # a run is bounded: setup + scenarios + waits, with generous room for a slow machine
-        budget_s = 900.0
-        run_async(bounded(measure(plan, run_id, tg, rc, bl, ingest, e2e, results), budget_s))
-        if tg.alive():
-            tidegate_memory = procstat.memory_mib(tg.pid)
-            tidegate_cpu_total = round(procstat.cpu_seconds(tg.pid), 2)
-        else:
-            failure = f"tidegate exited during the run (code {tg.proc and tg.proc.poll()})"
+        bl.start().wait_ready()
+        for name in plan.engines:
+            runs.append(run_engine(plan, name, run_id, work, bl))
+            ensure_alive(bl, f"the {name} run")
     except Exception as exc:  # noqa: BLE001 - reported, then processes are stopped
         failure = f"{type(exc).__name__}: {exc}"
         print(f"bench failed: {failure}", file=sys.stderr)
     finally:
-        was_alive = tg.alive()
-        for service in reversed(started_services):
-            service.stop()
+        bl.stop()
     elapsed = round(time.monotonic() - wall, 1)
+    failures = [f"{r['engine']}: {r['failure']}" for r in runs if r["failure"]]
+    if failure is None and failures:
+        failure = "; ".join(failures)
 
     document: dict[str, Any] = {
         "run_id": run_id,
         "started_utc": started.isoformat(timespec="seconds"),
-        "command": command_line(),
+        "command": command_line(args.engine),
+        "engine": args.engine,
         "commit": head_commit(),
         "plan": plan.__dict__,
         "machine": machine,
         "elapsed_s": elapsed,
         "failure": failure,
-        "scenarios": results,
-        "tidegate": {
-            "pid_cpu_s_total": tidegate_cpu_total,
-            "memory_mib": tidegate_memory,
-            "alive_at_end": was_alive,
-            "sigterm_exit_code": tg.exit_code,
-            "sigterm_stop_s": tg.stop_s,
-            "log": services.log_problems(tg),
-        },
-        "receiver": {"sigterm_exit_code": rc.exit_code},
+        "engines": runs,
+        "baseline": {"sigterm_exit_code": bl.exit_code},
     }
-    if failure is not None:
-        document["logs_tail"] = {s.name: s.log_tail() for s in started_services}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS_DIR / f"{started:%Y%m%dT%H%M%SZ}.json"
     out_path.write_text(json.dumps(document, indent=2, default=_json_default) + "\n")

@@ -92,9 +92,17 @@ class Service:
             return ""
 
 
-def tidegate(data_dir: Path, port: int, log_dir: Path) -> Service:
+def tidegate(
+    data_dir: Path, port: int, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> Service:
+    """`tidegate serve` on the embedded default, or on the engine `extra_env` names
+    (TIDEGATE_STORE_URL, TIDEGATE_LOG_URL). Engine variables of the calling environment
+    are not inherited: the engine is the one the run names."""
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("TIDEGATE_STORE_URL", "TIDEGATE_LOG_URL")
+    }
     env = {
-        **os.environ,
+        **inherited,
         "TIDEGATE_DATA_DIR": str(data_dir),
         "TIDEGATE_PORT": str(port),
         "TIDEGATE_REGION": "eu",
@@ -103,6 +111,7 @@ def tidegate(data_dir: Path, port: int, log_dir: Path) -> Service:
         "TIDEGATE_HTTPS_ONLY": "false",
         "TIDEGATE_LOG_LEVEL": "warning",
         "TIDEGATE_LOG_FORMAT": "json",
+        **(extra_env or {}),
     }
     return Service(
         "tidegate",
