@@ -66,31 +66,12 @@ class KafkaBroker:
     @classmethod
     def start(cls, log_dir: Path, *, attempts: int = 3) -> KafkaBroker:
         """Start on a free port; another process may take the port first, so retry."""
-        binary = tansu_binary()
         for attempt in range(1, attempts + 1):
             port = free_port()
-            address = f"tcp://127.0.0.1:{port}"
             # Our own cluster id tells our broker from any other on that port.
             cluster_id = f"tidegate-test-{uuid.uuid4().hex[:12]}"
             log_path = log_dir / f"tansu-{attempt}.log"
-            with log_path.open("wb") as output:
-                process = subprocess.Popen(
-                    [
-                        str(binary),
-                        "broker",
-                        "--cluster-id",
-                        cluster_id,
-                        "--listener-url",
-                        address,
-                        "--advertised-listener-url",
-                        address,
-                        "--storage-engine",
-                        "memory://tansu/",
-                    ],
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                )
-            broker = cls(process, port, cluster_id, log_path)
+            broker = cls(_spawn(port, cluster_id, log_path), port, cluster_id, log_path)
             try:
                 broker._wait_until_ready()
             except RuntimeError:
@@ -109,6 +90,19 @@ class KafkaBroker:
         prefix = namespace or uuid.uuid4().hex
         query = "&".join(f"{k}={v}" for k, v in TEST_CLIENT_CONFIG.items())
         return f"kafka://{self.bootstrap}/?topic_prefix={prefix}.&{query}"
+
+    def restart(self) -> None:
+        """Start again, stopped or not, on the same port with the same cluster id.
+
+        Storage is memory: the restarted broker has no topics, offsets or groups.
+        """
+        self.stop()
+        self.process = _spawn(self.port, self.cluster_id, self.log_path)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Kill the broker: its storage is memory, and with clients still connected it
@@ -141,4 +135,25 @@ class KafkaBroker:
         raise RuntimeError(
             f"tansu on {self.bootstrap} did not answer within {_START_TIMEOUT_S}s"
             f" ({last_error}):\n{self.output()}"
+        )
+
+
+def _spawn(port: int, cluster_id: str, log_path: Path) -> subprocess.Popen[bytes]:
+    address = f"tcp://127.0.0.1:{port}"
+    with log_path.open("ab") as output:
+        return subprocess.Popen(
+            [
+                str(tansu_binary()),
+                "broker",
+                "--cluster-id",
+                cluster_id,
+                "--listener-url",
+                address,
+                "--advertised-listener-url",
+                address,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )

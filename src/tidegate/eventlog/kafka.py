@@ -25,8 +25,15 @@ Examples::
 
 Records are keyed by tenant id (murmur2, as Java clients do), so each tenant's
 events stay in one partition, in order. `append` returns once every record is
-acknowledged by all in-sync replicas (idempotent producer, `acks=all`). Each
-`consume` iterator is one member of the consumer group (cooperative-sticky): its
+acknowledged by all in-sync replicas (idempotent producer, `acks=all`), or raises
+BackendUnavailable after `message.timeout.ms` (10 s here, alias `delivery.timeout.ms`)
+when the brokers cannot take them. After a broker connection drops or an append
+fails, the next append checks its topic again: a topic that is gone is created
+again, and one with a new topic id (the brokers lost their state, as a broker on
+memory storage does when it restarts) gets a new producer, since the brokers have
+forgotten the old one's producer id.
+
+Each `consume` iterator is one member of the consumer group (cooperative-sticky): its
 offsets move only on `commit` (at-least-once), and it leaves the group when the
 iterator is closed or dropped, or on `aclose`, so commit a batch before dropping its
 iterator. A member starts fetching once the broker has let it join the group (Apache
@@ -55,6 +62,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -102,12 +110,14 @@ _PRODUCER_ONLY = (
     "sticky.partitioning.",
     "transactional.",
 )
+# librdkafka's alias of `message.timeout.ms`; a URL may use either name.
+_DELIVERY_TIMEOUT_ALIAS = "delivery.timeout.ms"
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 2,
     "partitioner": "murmur2_random",
-    # Ingest waits on this: fail the request (503, the client retries) well before
-    # librdkafka's five-minute default.
-    "delivery.timeout.ms": 30_000,
+    # Ingest waits on this while the brokers are unreachable: fail the request (503,
+    # the client retries) within seconds, not after librdkafka's five-minute default.
+    "message.timeout.ms": 10_000,
 }
 # The append contract: durable on every in-sync replica, never duplicated by retries.
 _PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
@@ -132,11 +142,26 @@ _LOST_OWNERSHIP = frozenset(
         KafkaError._NO_OFFSET,
     }
 )
+# Client errors saying a broker connection dropped: the broker may come back without
+# our topics (a new cluster behind the same address, memory storage), so check them.
+_CONNECTION_LOST = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
 # Topics provisioned by operators: the principal may not be allowed to create them.
 _NOT_ALLOWED_TO_CREATE = frozenset(
     {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
 )
+# Brokers that cannot say a topic's id (too old), will not (ACLs), or not yet (a topic
+# just created, its metadata still spreading).
+_NO_TOPIC_ID = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.UNSUPPORTED_VERSION,
+        KafkaError._UNSUPPORTED_FEATURE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
 _POLL_S = 0.1
+_ACK_MARGIN_S = 5.0
 _FLUSH_TIMEOUT_S = 10.0
 
 
@@ -153,7 +178,7 @@ class KafkaSettings(msgspec.Struct, frozen=True):
     @property
     def timeout_s(self) -> float:
         """How long an append may wait for the broker: also bounds topic creation."""
-        return float(self.producer["delivery.timeout.ms"]) / 1000
+        return float(self.producer["message.timeout.ms"]) / 1000
 
     @classmethod
     def from_url(cls, url: str) -> KafkaSettings:
@@ -176,6 +201,8 @@ class KafkaSettings(msgspec.Struct, frozen=True):
             common |= _msk_iam(region)
         producer, consumer = dict(_PRODUCER_DEFAULTS), dict(_CONSUMER_DEFAULTS)
         for name, value in params.items():
+            if name == _DELIVERY_TIMEOUT_ALIAS:
+                name = "message.timeout.ms"  # one key, so `timeout_s` sees the value in use
             if name.startswith(_CONSUMER_ONLY):
                 consumer[name] = value
             elif name.startswith(_PRODUCER_ONLY):
@@ -197,16 +224,25 @@ class KafkaEventLog:
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
+        self._producer_generation = 0  # errors reported by a replaced producer are ignored
         # Created now: an idempotent producer needs a producer id from the broker (up
         # to ~0.5 s with librdkafka) before the first append can complete.
         try:
-            self._producer = Producer(settings.producer)
+            self._producer = self._new_producer()
         except KafkaException as exc:
             raise ConfigError(f"{ENV_VAR}: {exc.args[0].str()}") from exc
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{ENV_VAR}: {exc}") from exc
         self._known_topics: set[str] = set()
-        self._topic_lock = asyncio.Lock()
+        # Each topic's id when last checked: a new id means the brokers lost their state.
+        self._topic_ids: dict[str, str] = {}
+        # One check per topic at a time; concurrent appends share its outcome, so an
+        # unreachable broker costs each of them one timeout, not one per waiter.
+        self._topic_checks: dict[str, asyncio.Future[None]] = {}
+        # Set from librdkafka's threads: a broker connection dropped; the producer failed.
+        self._is_topic_check_due = False
+        self._has_producer_failed = False
+        self._producer_lock = threading.Lock()
         self._members: set[_Member] = set()
         self._is_closed = False
         self._stop_deliveries = threading.Event()
@@ -236,9 +272,24 @@ class KafkaEventLog:
                 )
                 acks.append(acked)
         except (KafkaException, BufferError) as exc:
+            self._known_topics.discard(topic)
             raise BackendUnavailable(f"event log: cannot queue records for {topic!r}") from exc
-        failures = [error for error in await asyncio.gather(*acks) if error is not None]
+        try:
+            # Every record is settled within the message timeout; the margin only guards
+            # against a report that never comes, so that no request waits forever.
+            results = await asyncio.wait_for(
+                asyncio.gather(*acks), self._settings.timeout_s + _ACK_MARGIN_S
+            )
+        except TimeoutError:
+            self._known_topics.discard(topic)
+            raise BackendUnavailable(
+                f"event log: no acknowledgement for {topic!r} within"
+                f" {self._settings.timeout_s + _ACK_MARGIN_S:g}s"
+            ) from None
+        failures = [error for error in results if error is not None]
         if failures:
+            # The topic may be gone (a broker restarted empty): the next append checks it.
+            self._known_topics.discard(topic)
             raise BackendUnavailable(
                 f"event log: {len(failures)} of {len(records)} records not acknowledged"
                 f" ({failures[0].str()})"
@@ -299,36 +350,119 @@ class KafkaEventLog:
         await asyncio.to_thread(self._deliveries.join)
         await asyncio.to_thread(self._producer.close)
 
+    def _new_producer(self) -> Producer:
+        self._producer_generation += 1
+        on_error = partial(self._on_producer_error, self._producer_generation)
+        return Producer(self._settings.producer | {"error_cb": on_error})
+
     def _serve_deliveries(self) -> None:
-        """Run delivery callbacks (they resolve `append`'s futures) as reports arrive."""
+        """Run delivery callbacks (they resolve `append`'s futures) as reports arrive,
+        and replace the producer once it has failed fatally."""
         while not self._stop_deliveries.is_set():
-            self._producer.poll(_POLL_S)
+            producer = self._producer
+            try:
+                producer.poll(_POLL_S)
+            except KafkaException as exc:
+                # confluent-kafka raises a fatal error from poll; this thread must go on
+                # or every later append would wait for a report that never comes.
+                self._has_producer_failed |= exc.args[0].fatal()
+                log.warning("eventlog.producer_error", reason=exc.args[0].str())
+            if self._has_producer_failed and not self._replace_producer(producer, "failed"):
+                self._stop_deliveries.wait(1.0)
+
+    def _replace_producer(self, old: Producer, reason: str) -> bool:
+        """Go on with a new producer, failing the records `old` still holds.
+
+        The idempotent producer's id lives on the brokers: brokers that lost their
+        state (a restart with memory storage, a rebuilt cluster) answer "unknown
+        producer id", and librdkafka then either fails fatally or retries until the
+        message timeout, never recovering. The records `old` holds were not
+        acknowledged: their appends fail (503) and their clients send them again.
+        """
+        with self._producer_lock:
+            if self._producer is not old:
+                return True  # replaced already
+            try:
+                self._producer = self._new_producer()
+            except KafkaException as exc:
+                log.warning("eventlog.producer_not_replaced", reason=exc.args[0].str())
+                return False
+            self._has_producer_failed = False
+        log.warning("eventlog.producer_replaced", reason=reason)
+        try:
+            old.purge()
+            old.flush(_POLL_S)  # serves the purged records' reports
+        except KafkaException as exc:
+            log.info("eventlog.producer_purge_failed", reason=exc.args[0].str())
+        return True
+
+    def _on_producer_error(self, generation: int, error: KafkaError) -> None:
+        if error.fatal() and generation == self._producer_generation:  # not a replaced one
+            self._has_producer_failed = True
+        if error.code() in _CONNECTION_LOST:
+            self._is_topic_check_due = True
+        _log_error(error)
 
     async def _ensure_topic(self, topic: str) -> None:
+        """Create `topic` unless known to exist; known topics are checked again after a
+        broker connection drops or an append fails, so a broker that restarted without
+        them (memory storage, a rebuilt cluster) gets them back within one append."""
+        if self._is_topic_check_due:
+            self._is_topic_check_due = False
+            self._known_topics.clear()
         if topic in self._known_topics:
             return
-        async with self._topic_lock:
-            if topic not in self._known_topics:
-                await asyncio.to_thread(self._create_topic, self._settings.topic_prefix + topic)
-                self._known_topics.add(topic)
+        check = self._topic_checks.get(topic)
+        if check is None:
+            check = asyncio.ensure_future(self._check_topic(topic))
+            self._topic_checks[topic] = check
+            check.add_done_callback(partial(self._topic_checked, topic))
+        await asyncio.shield(check)
 
-    def _create_topic(self, name: str) -> None:
+    async def _check_topic(self, topic: str) -> None:
+        topic_id = await asyncio.to_thread(
+            self._provision_topic, self._settings.topic_prefix + topic
+        )
+        previous = self._topic_ids.get(topic)
+        if topic_id is not None and previous is not None and topic_id != previous:
+            # The topic was created again (by us or by another process): the brokers
+            # lost their state, producer ids included.
+            log.warning("eventlog.topic_recreated", topic=topic)
+            if not await asyncio.to_thread(self._replace_producer, self._producer, "topic lost"):
+                raise BackendUnavailable("event log: cannot create a producer")
+        if topic_id is not None:
+            self._topic_ids[topic] = topic_id
+        self._known_topics.add(topic)
+
+    def _topic_checked(self, topic: str, check: asyncio.Future[None]) -> None:
+        del self._topic_checks[topic]
+        if not check.cancelled():
+            check.exception()  # retrieved: the appends waiting on it raise it themselves
+
+    def _provision_topic(self, name: str) -> str | None:
+        """Create topic `name` unless it exists; its topic id, if the broker tells it."""
         new = NewTopic(
             name,
             num_partitions=self._settings.partitions,
             replication_factor=self._settings.replication_factor,
         )
+        timeout_s = self._settings.timeout_s
+        admin = AdminClient(self._settings.common)
         try:
-            admin = AdminClient(self._settings.common)
-            admin.create_topics([new], request_timeout=self._settings.timeout_s)[name].result()
+            admin.create_topics([new], request_timeout=timeout_s)[name].result()
         except KafkaException as exc:
             code = exc.args[0].code()
-            if code == KafkaError.TOPIC_ALREADY_EXISTS:
-                return
             if code in _NOT_ALLOWED_TO_CREATE:
                 log.info("eventlog.topic_not_created", topic=name, reason=exc.args[0].str())
-                return
-            raise BackendUnavailable(f"event log: cannot create topic {name!r}") from exc
+            elif code != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BackendUnavailable(f"event log: cannot create topic {name!r}") from exc
+        try:
+            found = admin.describe_topics(TopicCollection([name]), request_timeout=timeout_s)
+            return str(found[name].result().topic_id)
+        except KafkaException as exc:
+            if exc.args[0].code() in _NO_TOPIC_ID:
+                return None  # nothing to compare this time
+            raise BackendUnavailable(f"event log: cannot describe topic {name!r}") from exc
 
 
 class _Commit(msgspec.Struct, frozen=True):
