@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from tidegate.destinations.snowflake import check_config, private_key_der
 from tidegate.errors import MisdirectedRequest, NotFound, ValidationFailed
 from tidegate.ids import (
     credential_hash,
@@ -23,7 +24,9 @@ from tidegate.ids import (
 from tidegate.model import (
     Destination,
     DestinationId,
+    DestinationKind,
     DestinationStatus,
+    SnowflakeConfig,
     Source,
     SourceId,
     Tenant,
@@ -130,10 +133,65 @@ async def create_destination(
     return destination, secret
 
 
+async def create_snowflake_destination(
+    rt: Runtime,
+    tenant_id: str,
+    *,
+    config: SnowflakeConfig,
+    private_key_pem: str,
+    name: str | None = None,
+    filter_expression: str | None = None,
+    transform: str | None = None,
+    retry_schedule: str | None = None,
+) -> Destination:
+    """A destination loading one row per event into a Snowflake table.
+
+    The account must be in the tenant's region (422 otherwise: events do not leave
+    it). The private key (PEM, key-pair authentication) is stored encrypted as a
+    webhook secret is, and is never shown again. No SSRF check: the connector talks to
+    the host it derives from the account (or the configured host).
+    """
+    tenant = await require_tenant(rt, tenant_id)
+    check_config(config)
+    if config.region != tenant.region:
+        raise ValidationFailed(
+            f"snowflake.region {config.region!r} is not the tenant's region"
+            f" {tenant.region!r}: a tenant's events are loaded only into an account in"
+            " its own region"
+        )
+    private_key_der(private_key_pem)
+    transform = await _check_settings(
+        rt,
+        url=None,
+        filter_expression=filter_expression,
+        transform=transform,
+        retry_schedule=retry_schedule,
+        timeout_s=None,
+    )
+    destination_id = new_destination_id()
+    cipher = await rt.envelope.cipher(tenant.id)
+    url = f"snowflake://{config.account}/{config.database}.{config.schema}.{config.table}"
+    destination = Destination(
+        id=destination_id,
+        tenant_id=tenant.id,
+        name=name or url,
+        url=url,
+        secret_ciphertext=cipher.encrypt(private_key_pem.encode(), _secret_purpose(destination_id)),
+        kind=DestinationKind.SNOWFLAKE,
+        snowflake=config,
+        filter=filter_expression,
+        transform=transform,
+        retry_schedule=retry_schedule,
+        created_at_ms=now_ms(),
+    )
+    await rt.store.destinations.create_destination(destination)
+    return destination
+
+
 async def _check_settings(
     rt: Runtime,
     *,
-    url: str,
+    url: str | None,
     filter_expression: str | None,
     transform: str | None,
     retry_schedule: str | None,
@@ -142,12 +200,15 @@ async def _check_settings(
     """Validate a destination's settings (SSRF after DNS included); the transform normalised.
 
     Creation and every update go through here, so an update is refused exactly as the
-    same settings would be at creation.
+    same settings would be at creation. `url` None: not a webhook, no SSRF check.
     """
-    try:
-        await rt.ssrf.check_url_resolved(url)
-    except OSError as exc:
-        raise ValidationFailed(f"destination host does not resolve: {exc.strerror or exc}") from exc
+    if url is not None:
+        try:
+            await rt.ssrf.check_url_resolved(url)
+        except OSError as exc:
+            raise ValidationFailed(
+                f"destination host does not resolve: {exc.strerror or exc}"
+            ) from exc
     if filter_expression is not None:
         Filter.compile(filter_expression)
     if transform is not None:
@@ -198,10 +259,13 @@ async def update_destination(
     current = await _require_destination(rt, tenant, destination_id)
     given = {k: v for k, v in msgspec.structs.asdict(changes).items() if v is not UNSET}
     is_enabled = given.pop("is_enabled", None)
+    is_webhook = current.kind is DestinationKind.WEBHOOK
+    if not is_webhook and "url" in given:
+        raise ValidationFailed(f"a {current.kind} destination has no url to change")
     merged = msgspec.structs.replace(current, **given)
     transform = await _check_settings(
         rt,
-        url=merged.url,
+        url=merged.url if is_webhook else None,
         filter_expression=merged.filter,
         transform=merged.transform,
         retry_schedule=merged.retry_schedule,
@@ -250,6 +314,9 @@ async def rotate_destination_secret(
     if not 0 <= overlap_s <= MAX_SECRET_OVERLAP_S:
         raise ValidationFailed(f"overlap must be between 0 and {MAX_SECRET_OVERLAP_S} seconds")
     tenant = await require_tenant(rt, tenant_id)
+    current = await _require_destination(rt, tenant, destination_id)
+    if current.kind is not DestinationKind.WEBHOOK:
+        raise ValidationFailed(f"a {current.kind} destination has no signing secret")
     secret = new_webhook_secret()
     cipher = await rt.envelope.cipher(tenant.id)
     ciphertext = cipher.encrypt(secret.encode(), _secret_purpose(destination_id))

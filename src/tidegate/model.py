@@ -33,14 +33,45 @@ class DestinationStatus(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class DestinationKind(enum.StrEnum):
+    WEBHOOK = "webhook"
+    SNOWFLAKE = "snowflake"
+
+
+class SnowflakeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a snowflake destination loads rows; authenticated by a key pair whose private
+    key is the destination's encrypted secret.
+
+    `region` is the account's region, which must be the tenant's. `host`, `port` and
+    `protocol` override the host the connector derives from `account` (PrivateLink, or a
+    local fake warehouse in tests).
+    """
+
+    account: str
+    user: str
+    role: str
+    warehouse: str
+    database: str
+    schema: str
+    table: str
+    region: str
+    host: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+
+
 class Destination(msgspec.Struct, frozen=True, kw_only=True):
-    """A webhook endpoint of one tenant; the whsec_ secret is stored encrypted."""
+    """Where a tenant's events go: a webhook endpoint (the whsec_ signing secret stored
+    encrypted) or a Snowflake table (the key pair's private key, PEM, stored encrypted
+    in the same place, `secret_ciphertext`)."""
 
     id: DestinationId
     tenant_id: TenantId
     name: str
     url: str
     secret_ciphertext: bytes
+    kind: DestinationKind = DestinationKind.WEBHOOK
+    snowflake: SnowflakeConfig | None = None
     filter: str | None = None
     transform: str | None = None
     retry_schedule: str | None = None

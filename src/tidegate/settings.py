@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     destination_concurrency: int = Field(
         default=16, ge=1, description="Deliveries in flight per destination."
     )
+    snowflake_batch_rows: int = Field(
+        default=500, ge=1, le=100_000, description="Rows per Snowflake load batch (at most)."
+    )
+    snowflake_flush_interval_s: float = Field(
+        default=1.0, gt=0, le=300, description="Longest a row waits for its Snowflake batch."
+    )
+    snowflake_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Snowflake login and network timeout."
+    )
     ssrf_allow_cidrs: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="CIDRs exempt from SSRF checks (development and tests only)."
     )

@@ -48,6 +48,21 @@ ATTEMPT_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
 )
 
+WAREHOUSE_ROWS = Counter(
+    "tidegate_warehouse_rows_loaded_total", "Rows committed by warehouse loads"
+)
+WAREHOUSE_BATCHES = Counter(
+    "tidegate_warehouse_batches_total", "Warehouse load batches, by result", ["result"]
+)
+WAREHOUSE_FAILURES = Counter(
+    "tidegate_warehouse_row_failures_total", "Rows whose warehouse batch failed (to be retried)"
+)
+WAREHOUSE_FRESHNESS = Histogram(
+    "tidegate_warehouse_freshness_seconds",
+    "From receivedAt to the row's batch being committed in the warehouse",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+)
+
 
 def redact(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]

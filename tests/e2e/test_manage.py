@@ -302,10 +302,11 @@ def test_every_change_is_audited(tidegate: Tidegate, receiver: Receiver) -> None
     _call(t, "DELETE", f"/v1/destinations/{dest['id']}")
     records = t.get("/v1/audit").json()["data"]
     changes = [(r["action"], r["resource"]) for r in records if r["action"] not in ("audit.read",)]
-    assert changes[:6] == [
+    assert changes[:7] == [
         ("destination.delete", dest["id"]),
         ("destination.rotate_secret", dest["id"]),
         ("destination.update", dest["id"]),
+        ("destination.create", dest["id"]),  # made by the CLI, audited too
         ("source.revoke", source["id"]),
         ("source.rotate_key", source["id"]),
         ("source.create", source["id"]),

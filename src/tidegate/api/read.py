@@ -7,14 +7,14 @@ scopes every query by it: another tenant's id is a plain 404.
 import base64
 import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import msgspec
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tidegate.admin import create_destination as create_destination_op
-from tidegate.admin import replay_targets
+from tidegate.admin import create_snowflake_destination, replay_targets
 from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import Authenticator, Caller
 from tidegate.errors import InvalidRequest, NotFound
@@ -28,6 +28,7 @@ from tidegate.model import (
     DestinationId,
     EventBody,
     EventId,
+    SnowflakeConfig,
     Tenant,
 )
 from tidegate.runtime import Runtime
@@ -122,9 +123,61 @@ class DeliveryPage(BaseModel):
     next_cursor: str | None
 
 
+class SnowflakeOut(BaseModel):
+    """Where a snowflake destination loads (its private key is never shown)."""
+
+    account: str
+    user: str
+    role: str
+    warehouse: str
+    database: str
+    schema_name: str = Field(alias="schema")
+    table: str
+    region: str = Field(description="The account's region; always the tenant's.")
+    host: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class SnowflakeIn(Strict):
+    account: str = Field(description="Account identifier, e.g. myorg-myaccount")
+    user: str
+    role: str
+    warehouse: str
+    database: str = Field(description="Must exist; the table is created if missing")
+    schema_name: str = Field(alias="schema", description="Must exist")
+    table: str = Field(description="Created if missing: one row per event, keyed by event_id")
+    region: str = Field(description="The account's region; must be the tenant's (422 if not)")
+    private_key: str = Field(
+        description="Unencrypted PEM private key of the user's key pair. Stored encrypted;"
+        " never returned."
+    )
+    host: str | None = Field(None, description="Override the derived host (PrivateLink, tests)")
+    port: int | None = Field(None, ge=1, le=65535)
+    protocol: Literal["https", "http"] | None = None
+
+    def config(self) -> SnowflakeConfig:
+        return SnowflakeConfig(
+            account=self.account,
+            user=self.user,
+            role=self.role,
+            warehouse=self.warehouse,
+            database=self.database,
+            schema=self.schema_name,
+            table=self.table,
+            region=self.region,
+            host=self.host,
+            port=self.port,
+            protocol=self.protocol,
+        )
+
+
 class DestinationOut(BaseModel):
     id: str
     name: str
+    kind: str = "webhook"
     url: str
     filter: str | None
     transform: str | None
@@ -132,10 +185,27 @@ class DestinationOut(BaseModel):
     status: str
     disabled_reason: str | None
     created_at: str | None
+    snowflake: SnowflakeOut | None = None
 
 
 class DestinationIn(Strict):
-    url: str = Field(description="http(s) endpoint; refused if it resolves to an internal address")
+    kind: Literal["webhook", "snowflake"] = "webhook"
+    url: str | None = Field(
+        None,
+        description="webhook: the http(s) endpoint (required); refused if it resolves to an"
+        " internal address",
+    )
+    snowflake: SnowflakeIn | None = Field(None, description="snowflake: required")
+
+    @model_validator(mode="after")
+    def _settings_match_kind(self) -> Self:
+        # A request-shape error (400), as a missing field is, not a refused setting (422).
+        if self.kind == "snowflake" and (self.snowflake is None or self.url is not None):
+            raise ValueError('kind "snowflake" takes "snowflake" settings, not "url"')
+        if self.kind == "webhook" and (self.url is None or self.snowflake is not None):
+            raise ValueError('kind "webhook" takes "url", not "snowflake" settings')
+        return self
+
     name: str | None = Field(None, max_length=200)
     filter: str | None = Field(None, description="JMESPath expression selecting events")
     transform: str | None = Field(None, description="JSON transform spec, as a string")
@@ -145,7 +215,9 @@ class DestinationIn(Strict):
 
 
 class DestinationCreated(DestinationOut):
-    secret: str = Field(description="The whsec_ signing secret. Shown once.")
+    secret: str | None = Field(
+        description="The whsec_ signing secret of a webhook, shown once (null: snowflake)."
+    )
 
 
 class ReplayRange(Strict):
@@ -190,9 +262,12 @@ def delivery_out(d: Delivery, attempts: list[Attempt] | None = None) -> Delivery
 
 
 def destination_out(d: Destination) -> DestinationOut:
+    sf = d.snowflake
     return DestinationOut(
         id=d.id,
         name=d.name,
+        kind=d.kind.value,
+        snowflake=SnowflakeOut.model_validate(msgspec.structs.asdict(sf)) if sf else None,
         url=d.url,
         filter=d.filter,
         transform=d.transform,
@@ -345,12 +420,29 @@ def build_read_router(
     async def create_destination(
         caller: Need_destinations_write, body: DestinationIn
     ) -> DestinationCreated:
-        """Create a webhook destination; the response carries its signing secret, once.
+        """Create a destination; a webhook's response carries its signing secret, once.
 
-        The URL is checked against the SSRF rules after DNS resolution (422 if refused);
-        filter, transform and retry schedule are validated (422 with the reason).
+        A webhook's URL is checked against the SSRF rules after DNS resolution (422 if
+        refused); filter, transform and retry schedule are validated (422 with the
+        reason). A snowflake destination loads one row per event into its table, in
+        micro-batches; its account must be in the tenant's region (422 if not).
         """
         tenant = caller.tenant
+        if body.snowflake is not None:
+            created = await create_snowflake_destination(
+                runtime,
+                tenant.id,
+                config=body.snowflake.config(),
+                private_key_pem=body.snowflake.private_key,
+                name=body.name,
+                filter_expression=body.filter,
+                transform=body.transform,
+                retry_schedule=body.retry_schedule,
+            )
+            await access.allowed(caller, "destination.create", created.id)
+            return DestinationCreated(**destination_out(created).model_dump(), secret=None)
+        if body.url is None:  # the model's validator already refused this
+            raise InvalidRequest("a webhook destination needs a url")
         destination, secret = await create_destination_op(
             runtime,
             tenant.id,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from tidegate import admin
 from tidegate.cli.common import emit, json_option, run
-from tidegate.model import TenantId
+from tidegate.model import SnowflakeConfig, TenantId
 from tidegate.runtime import Runtime
 
 
@@ -147,13 +148,44 @@ def apikeys_revoke(tenant: str, api_key: str, as_json: bool) -> None:
 
 @click.group()
 def destinations() -> None:
-    """Webhook destinations."""
+    """Webhook and Snowflake destinations."""
+
+
+_SNOWFLAKE_FIELDS = (
+    "account",
+    "user",
+    "role",
+    "warehouse",
+    "database",
+    "schema",
+    "table",
+    "region",
+)
+
+
+def _snowflake_options(command: Any) -> Any:
+    """--snowflake-<field> options for `destinations create --kind snowflake`."""
+    for field in reversed(_SNOWFLAKE_FIELDS):
+        command = click.option(f"--snowflake-{field}", f"snowflake_{field}")(command)
+    command = click.option(
+        "--snowflake-private-key-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Unencrypted PEM private key (key-pair auth); stored encrypted.",
+    )(command)
+    for option in ("host", "protocol"):
+        command = click.option(
+            f"--snowflake-{option}", help="Override the derived host (PrivateLink, tests)."
+        )(command)
+    return click.option("--snowflake-port", type=int)(command)
 
 
 @destinations.command("create")
 @click.option("--tenant", required=True)
 @click.option(
-    "--url", required=True, help="https:// endpoint (http:// only with TIDEGATE_HTTPS_ONLY=false)."
+    "--kind", type=click.Choice(["webhook", "snowflake"]), default="webhook", show_default=True
+)
+@click.option(
+    "--url", help="webhook: https:// endpoint (http:// only with TIDEGATE_HTTPS_ONLY=false)."
 )
 @click.option("--name")
 @click.option("--filter", "filter_expression", help="JMESPath expression selecting events.")
@@ -161,10 +193,12 @@ def destinations() -> None:
 @click.option("--retry-schedule", help='e.g. "0,5s,30s,2m,15m,1h,2h*11" (default schedule).')
 @click.option("--no-retry-4xx", is_flag=True, help="Dead-letter at once on 4xx other than 408/429.")
 @click.option("--timeout", "timeout_s", type=float, help="Per-attempt timeout in seconds.")
+@_snowflake_options
 @json_option
 def destinations_create(
     tenant: str,
-    url: str,
+    kind: str,
+    url: str | None,
     name: str | None,
     filter_expression: str | None,
     transform: str | None,
@@ -172,8 +206,19 @@ def destinations_create(
     no_retry_4xx: bool,
     timeout_s: float | None,
     as_json: bool,
+    **snowflake: Any,
 ) -> None:
-    """Create a destination; prints its whsec_ signing secret ONCE."""
+    """Create a destination; a webhook's whsec_ signing secret is printed ONCE.
+
+    A snowflake destination takes every --snowflake-* option but host, port and protocol.
+    """
+    if kind == "snowflake":
+        _create_snowflake(
+            tenant, name, filter_expression, transform, retry_schedule, as_json, snowflake
+        )
+        return
+    if url is None:
+        raise click.UsageError("--url is required for a webhook destination")
     destination, secret = run(
         lambda rt: admin.create_destination(
             rt,
@@ -201,6 +246,54 @@ def destinations_create(
     )
 
 
+def _create_snowflake(
+    tenant: str,
+    name: str | None,
+    filter_expression: str | None,
+    transform: str | None,
+    retry_schedule: str | None,
+    as_json: bool,
+    options: dict[str, Any],
+) -> None:
+    missing = [f"--snowflake-{f}" for f in _SNOWFLAKE_FIELDS if not options[f"snowflake_{f}"]]
+    key_file: Path | None = options["snowflake_private_key_file"]
+    if key_file is None:
+        missing.append("--snowflake-private-key-file")
+    if missing or key_file is None:
+        raise click.UsageError(f"a snowflake destination needs {', '.join(missing)}")
+    config = SnowflakeConfig(
+        **{f: options[f"snowflake_{f}"] for f in _SNOWFLAKE_FIELDS},
+        host=options["snowflake_host"],
+        port=options["snowflake_port"],
+        protocol=options["snowflake_protocol"],
+    )
+    private_key_pem = key_file.read_text()
+    destination = run(
+        lambda rt: admin.create_snowflake_destination(
+            rt,
+            tenant,
+            config=config,
+            private_key_pem=private_key_pem,
+            name=name,
+            filter_expression=filter_expression,
+            transform=transform,
+            retry_schedule=retry_schedule,
+        ),
+        audited="destination.create",
+        target=lambda d: (tenant, d.id),
+    )
+    emit(
+        {
+            "id": destination.id,
+            "tenant_id": destination.tenant_id,
+            "kind": destination.kind.value,
+            "url": destination.url,
+        },
+        as_json,
+        f"destination {destination.id}  snowflake  {destination.url}",
+    )
+
+
 @destinations.command("list")
 @click.option("--tenant", required=True)
 @json_option
@@ -210,6 +303,7 @@ def destinations_list(tenant: str, as_json: bool) -> None:
         return [
             {
                 "id": d.id,
+                "kind": d.kind.value,
                 "url": d.url,
                 "status": d.status.value,
                 "filter": d.filter,

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import msgspec
 
-from tidegate.model import Destination
+from tidegate.model import Destination, EventId, TenantId
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -17,10 +17,11 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     blocked: bool = False  # refused by the SSRF policy: no connection was made
     retry_after_s: float | None = None
     duration_ms: float = 0.0
+    loaded: bool = False  # a warehouse committed the row (no HTTP status to judge by)
 
     @property
     def is_success(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
+        return self.loaded or (self.status_code is not None and 200 <= self.status_code < 300)
 
 
 class Sender(Protocol):
@@ -37,3 +38,37 @@ class Sender(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class WarehouseRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One event as a warehouse row: the columns a loader writes, `payload` the JSON
+    document (after the destination's transform). Times are ISO 8601 UTC strings."""
+
+    event_id: EventId
+    tenant_id: TenantId
+    type: str
+    event_name: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    message_id: str | None
+    sent_at: str | None
+    received_at: str
+    payload: msgspec.Raw
+
+
+class Loader(Protocol):
+    """Loads rows into one warehouse destination in micro-batches."""
+
+    async def load(self, row: WarehouseRow) -> Outcome:
+        """Add `row` to the current batch and wait until that batch is committed (a
+        succeeded Outcome, `loaded`) or has failed (every row of it fails alike).
+
+        Loading a row whose event id the table already holds changes nothing, so a
+        retried or replayed batch never duplicates rows. Never raises for the
+        warehouse's behaviour (that is the Outcome).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Flush what is batched, then close the connection."""
+        ...

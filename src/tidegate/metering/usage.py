@@ -30,6 +30,8 @@ class Meter(StrEnum):
     DELIVERIES_SUCCEEDED = "deliveries_succeeded"
     DELIVERIES_FAILED = "deliveries_failed"
     DEAD_LETTERS = "dead_letters"
+    WAREHOUSE_ROWS = "warehouse_rows"
+    WAREHOUSE_BYTES = "warehouse_bytes"  # the rows' JSON payloads, as loaded
 
 
 class UsageMeter:

@@ -16,13 +16,15 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
 
 from tidegate import telemetry
 from tidegate.batching import GroupWriter
-from tidegate.destinations.base import Outcome, Sender
+from tidegate.destinations.base import Loader, Outcome, Sender, WarehouseRow
 from tidegate.errors import DecryptionFailed, ValidationFailed
 from tidegate.ids import new_attempt_id, now_ms
 from tidegate.metering import Meter
@@ -34,6 +36,7 @@ from tidegate.model import (
     DeliveryStatus,
     Destination,
     DestinationId,
+    DestinationKind,
     DestinationStatus,
     EventBody,
     EventId,
@@ -43,6 +46,7 @@ from tidegate.pipeline.breaker import CircuitBreaker
 from tidegate.pipeline.retry import RetrySchedule
 from tidegate.pipeline.transform import Transform
 from tidegate.runtime import Runtime
+from tidegate.settings import Settings
 from tidegate.store import AttemptResult
 
 log = structlog.get_logger(__name__)
@@ -61,6 +65,7 @@ class _CachedDestination(msgspec.Struct):
     # The secret a rotation replaced, signing beside `secret` until `previous_until_ms`.
     previous_secret: str | None = None
     previous_until_ms: int = 0
+    loader: Loader | None = None  # a warehouse destination's batching loader
 
     def signing_secrets(self, now: int) -> list[str]:
         """The current secret, and the previous one while its rotation overlap lasts."""
@@ -80,20 +85,54 @@ class Loaded(msgspec.Struct, frozen=True):
 class Lane:
     """One destination's queue and in-flight count."""
 
-    __slots__ = ("backlog", "breaker", "in_flight")
+    __slots__ = ("backlog", "breaker", "cap", "in_flight")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.backlog: deque[tuple[Delivery, Loaded | None]] = deque()
         self.in_flight = 0
         self.breaker = breaker
+        # In-flight cap when not the per-destination default: a warehouse lane holds a
+        # whole batch in flight, since its rows wait together for one load.
+        self.cap: int | None = None
+
+
+LoaderFactory = Callable[[Destination, str], Loader]
+
+
+def open_loader(settings: Settings, destination: Destination, private_key_pem: str) -> Loader:
+    """The batching loader of a warehouse destination; its driver is imported only here."""
+    match destination.kind:
+        case DestinationKind.SNOWFLAKE if destination.snowflake is not None:
+            from tidegate.destinations.snowflake import SnowflakeLoader
+
+            return SnowflakeLoader(
+                destination.snowflake,
+                private_key_pem,
+                batch_rows=settings.snowflake_batch_rows,
+                flush_interval_s=settings.snowflake_flush_interval_s,
+                timeout_s=settings.snowflake_timeout_s,
+            )
+        case other:
+            raise ValueError(f"destination {destination.id} of kind {other} has no loader")
 
 
 class Dispatcher:
     def __init__(
-        self, runtime: Runtime, sender: Sender, *, on_recovered: Callable[[], None]
+        self,
+        runtime: Runtime,
+        sender: Sender,
+        *,
+        on_recovered: Callable[[], None],
+        loader_factory: LoaderFactory | None = None,
     ) -> None:
         self._rt = runtime
         self._sender = sender
+        self._open_loader: LoaderFactory = loader_factory or (
+            lambda destination, key: open_loader(runtime.settings, destination, key)
+        )
+        # One loader per warehouse destination, kept across cache refreshes while its
+        # config and key stay the same.
+        self._loaders: dict[DestinationId, tuple[Any, str, Loader]] = {}
         self._on_recovered = on_recovered
         self._lanes: dict[DestinationId, Lane] = {}
         self._destinations: dict[DestinationId, _CachedDestination] = {}
@@ -147,7 +186,7 @@ class Dispatcher:
         return lane
 
     def _pump(self, lane: Lane) -> None:
-        cap = self._rt.settings.destination_concurrency
+        cap = lane.cap or self._rt.settings.destination_concurrency
         while lane.backlog and lane.in_flight < cap:
             delivery, body = lane.backlog.popleft()
             lane.in_flight += 1
@@ -196,14 +235,20 @@ class Dispatcher:
                 delivery, Outcome(error=f"transform failed: {exc.detail}"), cached, final=True
             )
             return
-        outcome = await self._sender.send(
-            cached.destination,
-            secrets=cached.signing_secrets(now_ms()),
-            webhook_id=delivery.id,
-            body=content,
-            content_type=content_type,
-        )
-        telemetry.ATTEMPT_DURATION.observe(outcome.duration_ms / 1000)
+        if cached.loader is not None:
+            if lane.cap is None:
+                lane.cap = max(self._rt.settings.snowflake_batch_rows, 1)
+                self._pump(lane)
+            outcome = await self._load(cached.loader, delivery, body, content)
+        else:
+            outcome = await self._sender.send(
+                cached.destination,
+                secrets=cached.signing_secrets(now_ms()),
+                webhook_id=delivery.id,
+                body=content,
+                content_type=content_type,
+            )
+            telemetry.ATTEMPT_DURATION.observe(outcome.duration_ms / 1000)
         if outcome.is_success:
             if lane.breaker.record_success():
                 resumed = await self._rt.store.deliveries.resume_destination(
@@ -220,6 +265,21 @@ class Dispatcher:
         else:
             lane.breaker.record_alive()  # a 3xx/4xx answer: the endpoint is up
         await self._finish(delivery, outcome, cached, final=False)
+
+    async def _load(
+        self, loader: Loader, delivery: Delivery, loaded: Loaded, content: bytes
+    ) -> Outcome:
+        """Load the rendered event as one warehouse row (waiting for its batch)."""
+        outcome = await loader.load(warehouse_row(delivery, loaded, content))
+        if outcome.is_success:
+            meter = self._rt.meter
+            meter.add(delivery.tenant_id, Meter.WAREHOUSE_ROWS)
+            meter.add(delivery.tenant_id, Meter.WAREHOUSE_BYTES, len(content))
+            if delivery.replay_of is None:
+                telemetry.WAREHOUSE_FRESHNESS.observe(
+                    max(0.0, (now_ms() - loaded.received_at_ms) / 1000)
+                )
+        return outcome
 
     def _render(self, cached: _CachedDestination, loaded: Loaded) -> tuple[bytes, str]:
         content_type = (
@@ -357,8 +417,21 @@ class Dispatcher:
             plain = await envelope.decrypt(tenant_id, previous.ciphertext, purpose)
             cached.previous_secret = plain.decode()
             cached.previous_until_ms = previous.expires_at_ms
+        if destination.kind is not DestinationKind.WEBHOOK:
+            cached.loader = await self._loader(destination, secret)
         self._destinations[destination_id] = cached
         return cached
+
+    async def _loader(self, destination: Destination, key: str) -> Loader:
+        kept = self._loaders.get(destination.id)
+        config = destination.snowflake
+        if kept is not None:
+            if kept[0] == config and kept[1] == key:
+                return kept[2]
+            await kept[2].aclose()  # flushes what it holds under the old settings
+        loader = self._open_loader(destination, key)
+        self._loaders[destination.id] = (config, key, loader)
+        return loader
 
     async def _load_body(self, tenant_id: TenantId, event_id: EventId) -> Loaded | None:
         stored = await self._rt.store.events.get_event(tenant_id, event_id)
@@ -386,6 +459,12 @@ class Dispatcher:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+        loaders, self._loaders = self._loaders, {}
+        for _config, _key, loader in loaders.values():
+            try:
+                await loader.aclose()
+            except Exception:
+                log.exception("loader.close_failed")
 
 
 def _is_first_routed_attempt(delivery: Delivery, loaded: Loaded) -> bool:
@@ -396,3 +475,45 @@ def _is_first_routed_attempt(delivery: Delivery, loaded: Loaded) -> bool:
         and delivery.updated_at_ms == delivery.created_at_ms
         and delivery.created_at_ms - loaded.received_at_ms < 60_000
     )
+
+
+def warehouse_row(delivery: Delivery, loaded: Loaded, content: bytes) -> WarehouseRow:
+    """The warehouse row of a rendered event: columns read from the document as the
+    destination receives it (after its transform), so a field it drops is not loaded."""
+    document = msgspec.json.decode(content)
+    fields: dict[str, Any] = document if isinstance(document, dict) else {}
+    received = datetime.fromtimestamp(loaded.received_at_ms / 1000, UTC)
+    return WarehouseRow(
+        event_id=delivery.event_id,
+        tenant_id=delivery.tenant_id,
+        type=_text(fields.get("type")) or loaded.kind,
+        event_name=loaded.body.name,
+        user_id=_text(fields.get("userId")),
+        anonymous_id=_text(fields.get("anonymousId")),
+        message_id=loaded.body.message_id,
+        sent_at=_iso_time(fields.get("sentAt") or fields.get("timestamp")),
+        received_at=received.isoformat(timespec="milliseconds"),
+        payload=msgspec.Raw(content),
+    )
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _iso_time(value: object) -> str | None:
+    """A client's timestamp as ISO 8601 UTC, or None when it is not one (the warehouse
+    would refuse the whole batch over one malformed time)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -27,7 +27,13 @@ from tidegate.store import RoutedEvent
 log = structlog.get_logger(__name__)
 _decode_entry = msgspec.msgpack.Decoder(LogEntry).decode
 _decode_body = msgspec.msgpack.Decoder(EventBody).decode
-LEASE_MS = 60_000
+LEASE_FLOOR_MS = 60_000
+
+
+def lease_ms(delivery_timeout_s: float) -> int:
+    """How long a claimed delivery stays with its worker: longer than any attempt can take
+    (two timeouts and a margin), so no other worker sends it while it is in flight."""
+    return max(LEASE_FLOOR_MS, int((2 * delivery_timeout_s + 30) * 1000))
 
 
 class Router:
@@ -76,7 +82,7 @@ class Router:
             routed,
             now_ms=now_ms(),
             dedupe_window_ms=int(self._rt.settings.dedupe_window_s * 1000),
-            lease_ms=LEASE_MS,
+            lease_ms=lease_ms(self._rt.settings.delivery_timeout_s),
         )
         self._dispatcher.submit(deliveries, loaded)
         await self._rt.log.commit(batch)

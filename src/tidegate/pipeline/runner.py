@@ -10,7 +10,7 @@ import structlog
 from tidegate.destinations.webhook import WebhookSender
 from tidegate.ids import now_ms
 from tidegate.pipeline.deliver import Dispatcher
-from tidegate.pipeline.router import LEASE_MS, Router
+from tidegate.pipeline.router import Router, lease_ms
 from tidegate.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,11 @@ class Worker:
         deliveries = self._rt.store.deliveries
         while True:
             now = now_ms()
-            due = await deliveries.claim_due(now_ms=now, lease_ms=LEASE_MS, limit=_CLAIM_LIMIT)
+            due = await deliveries.claim_due(
+                now_ms=now,
+                lease_ms=lease_ms(self._rt.settings.delivery_timeout_s),
+                limit=_CLAIM_LIMIT,
+            )
             fresh = [d for d in due if not self.dispatcher.is_known(d.id)]
             if fresh:
                 self.dispatcher.submit(fresh)

@@ -77,6 +77,7 @@ from tidegate.store.rows import (
     delivery_row,
     destination_row,
     destination_settings,
+    destination_values,
     event_row,
     set_clause,
     source_row,
@@ -414,22 +415,8 @@ class PostgresStore:
         async with self._tx() as conn:
             await self._require_tenant(conn, d.tenant_id)
             await conn.execute(
-                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) VALUES ({_params(13)})",
-                (
-                    d.id,
-                    d.tenant_id,
-                    d.name,
-                    d.url,
-                    d.secret_ciphertext,
-                    d.filter,
-                    d.transform,
-                    d.retry_schedule,
-                    d.retry_4xx,
-                    d.timeout_s,
-                    d.status.value,
-                    d.disabled_reason,
-                    d.created_at_ms,
-                ),
+                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) VALUES ({_params(15)})",
+                destination_values(d),
             )
 
     async def get_destination(

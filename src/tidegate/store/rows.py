@@ -9,15 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from tidegate.model import (
     Delivery,
     DeliveryId,
     DeliveryStatus,
     Destination,
     DestinationId,
+    DestinationKind,
     DestinationStatus,
     EventId,
     EventMeta,
+    SnowflakeConfig,
     Source,
     SourceId,
     Tenant,
@@ -49,7 +53,7 @@ def audit_record(row: Sequence[Any]) -> AuditRecord:
 
 DESTINATION_COLUMNS = (
     "id, tenant_id, name, url, secret_ct, filter, transform, retry_schedule, retry_4xx,"
-    " timeout_s, status, disabled_reason, created_at_ms"
+    " timeout_s, status, disabled_reason, created_at_ms, kind, config"
 )
 # What update_destination writes: everything but the id, tenant, secrets and creation time.
 DESTINATION_SETTINGS = (
@@ -88,6 +92,20 @@ def source_row(row: Sequence[Any]) -> Source:
     )
 
 
+_encode_config = msgspec.json.Encoder().encode
+_decode_snowflake = msgspec.json.Decoder(SnowflakeConfig).decode
+
+
+def destination_values(d: Destination) -> tuple[Any, ...]:
+    """The values of DESTINATION_COLUMNS, in order (retry_4xx as a bool, config as JSON)."""
+    config = _encode_config(d.snowflake).decode() if d.snowflake is not None else None
+    return (
+        d.id, d.tenant_id, d.name, d.url, d.secret_ciphertext, d.filter, d.transform,
+        d.retry_schedule, d.retry_4xx, d.timeout_s, d.status.value, d.disabled_reason,
+        d.created_at_ms, d.kind.value, config,
+    )  # fmt: skip
+
+
 def destination_settings(d: Destination) -> tuple[Any, ...]:
     """The values of DESTINATION_SETTINGS, in order (retry_4xx as a bool)."""
     return (
@@ -111,6 +129,8 @@ def destination_row(row: Sequence[Any]) -> Destination:
         status=DestinationStatus(row[10]),
         disabled_reason=row[11],
         created_at_ms=row[12],
+        kind=DestinationKind(row[13]),
+        snowflake=_decode_snowflake(row[14]) if row[14] is not None else None,
     )
 
 

@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS destinations (
     created_at_ms   INTEGER NOT NULL,
     -- The secret a rotation replaced (encrypted as secret_ct), signing until the expiry.
     prev_secret_ct            BLOB,
-    prev_secret_expires_at_ms INTEGER
+    prev_secret_expires_at_ms INTEGER,
+    -- "webhook" or "snowflake"; config: the kind's settings as JSON (no secrets).
+    kind            TEXT NOT NULL DEFAULT 'webhook',
+    config          TEXT
 );
 CREATE INDEX IF NOT EXISTS destinations_tenant ON destinations (tenant_id, status);
 CREATE TABLE IF NOT EXISTS events (

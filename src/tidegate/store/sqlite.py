@@ -62,6 +62,7 @@ from tidegate.store.rows import (
     delivery_row,
     destination_row,
     destination_settings,
+    destination_values,
     event_row,
     set_clause,
     source_row,
@@ -79,6 +80,8 @@ _ADDED_COLUMNS = (
     ("sources", "prev_key_expires_at_ms", "INTEGER"),
     ("destinations", "prev_secret_ct", "BLOB"),
     ("destinations", "prev_secret_expires_at_ms", "INTEGER"),
+    ("destinations", "kind", "TEXT NOT NULL DEFAULT 'webhook'"),
+    ("destinations", "config", "TEXT"),
 )
 
 
@@ -314,22 +317,8 @@ class SqliteStore:
             if not c.execute("SELECT 1 FROM tenants WHERE id = ?", (d.tenant_id,)).fetchone():
                 raise Conflict(f"tenant {d.tenant_id} does not exist")
             c.execute(
-                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) VALUES ({_placeholders(13)})",
-                (
-                    d.id,
-                    d.tenant_id,
-                    d.name,
-                    d.url,
-                    d.secret_ciphertext,
-                    d.filter,
-                    d.transform,
-                    d.retry_schedule,
-                    int(d.retry_4xx),
-                    d.timeout_s,
-                    d.status.value,
-                    d.disabled_reason,
-                    d.created_at_ms,
-                ),
+                f"INSERT INTO destinations ({DESTINATION_COLUMNS}) VALUES ({_placeholders(15)})",
+                destination_values(d),
             )
 
         await self._db.write(insert)
