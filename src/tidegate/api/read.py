@@ -23,7 +23,6 @@ from tidegate.model import (
     Attempt,
     Delivery,
     DeliveryId,
-    DeliveryStatus,
     Destination,
     DestinationId,
     EventBody,
@@ -542,4 +541,4 @@ def _delivery_cursor(cursor: str | None) -> DeliveryId | None:
     return DeliveryId(raw) if raw else None
 
 
-__all__ = ["DeliveryStatus", "build_read_router"]
+__all__ = ["build_read_router", "decrypt_event", "delivery_out", "iso", "parse_time"]

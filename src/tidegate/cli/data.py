@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from tidegate import admin
-from tidegate.api.read import attempt_out, decrypt_event, delivery_out, iso, parse_time
+from tidegate.api.read import decrypt_event, delivery_out, iso, parse_time
 from tidegate.cli.common import emit, json_option, record, run
 from tidegate.errors import NotFound
 from tidegate.ids import now_ms
@@ -241,4 +241,4 @@ def usage(tenant: str, since: str | None, until: str | None, as_json: bool) -> N
     )
 
 
-__all__ = ["attempt_out", "deliveries", "events", "replay", "usage"]
+__all__ = ["deliveries", "events", "replay", "usage"]
