@@ -48,18 +48,33 @@ ATTEMPT_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
 )
 
+# Warehouse metrics are per destination: a tenant's Snowflake destinations are few, and
+# "is my table fresh, and is anything being refused" is asked of one destination.
 WAREHOUSE_ROWS = Counter(
-    "tidegate_warehouse_rows_loaded_total", "Rows committed by warehouse loads"
+    "tidegate_warehouse_rows_loaded_total",
+    "Rows committed by warehouse loads",
+    ["destination_id"],
 )
 WAREHOUSE_BATCHES = Counter(
-    "tidegate_warehouse_batches_total", "Warehouse load batches, by result", ["result"]
+    "tidegate_warehouse_batches_total",
+    "Warehouse load batches, by result: loaded (in one load), isolated (rows the warehouse"
+    " refused were split out, the rest loaded), failed (every unloaded row retries)",
+    ["destination_id", "result"],
 )
 WAREHOUSE_FAILURES = Counter(
-    "tidegate_warehouse_row_failures_total", "Rows whose warehouse batch failed (to be retried)"
+    "tidegate_warehouse_row_failures_total",
+    "Rows whose warehouse load failed (warehouse unreachable, refused login...): retried",
+    ["destination_id"],
+)
+WAREHOUSE_REJECTED = Counter(
+    "tidegate_warehouse_rows_rejected_total",
+    "Rows the warehouse refused (or would refuse for sure): dead letters at once",
+    ["destination_id"],
 )
 WAREHOUSE_FRESHNESS = Histogram(
     "tidegate_warehouse_freshness_seconds",
     "From receivedAt to the row's batch being committed in the warehouse",
+    ["destination_id"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
 

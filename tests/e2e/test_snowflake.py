@@ -3,7 +3,9 @@ Snowflake connector, and fakesnow's server standing in for the warehouse."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,10 @@ import snowflake.connector
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fakesnow import server as fake_warehouse
+from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics.client import Client as SegmentClient
 
-from tests.support import TenantHandle, Tidegate, free_port, wait_until
+from tests.support import Receiver, TenantHandle, Tidegate, free_port, wait_until
 
 # `fake_warehouse` is bound at import: starting a server imports the `fakesnow.server`
 # submodule, which then shadows the `fakesnow.server()` function of the same name.
@@ -220,3 +223,138 @@ def test_a_batch_that_fails_is_retried_until_the_warehouse_is_back(
             assert sorted(n for (n,) in names) == ["First", "Second"]
     finally:
         tg.stop()
+
+
+def _target_ddl(table: str, user_id_type: str = "STRING") -> str:
+    """The table Tidegate creates, as a customer might create it first with narrower types."""
+    return (
+        f"CREATE TABLE {table} (event_id STRING PRIMARY KEY, tenant_id STRING, type STRING,"
+        f" event_name STRING, user_id {user_id_type}, anonymous_id STRING, message_id STRING,"
+        " sent_at TIMESTAMP_TZ, received_at TIMESTAMP_TZ, loaded_at TIMESTAMP_TZ,"
+        " payload VARIANT)"
+    )
+
+
+def _post_batch(t: TenantHandle, messages: list[dict[str, Any]]) -> None:
+    r = requests.post(
+        t.tg.base + "/v1/batch", json={"batch": messages}, auth=(t.write_key, ""), timeout=10
+    )
+    assert r.status_code == 200, r.text
+
+
+def _deliveries(t: TenantHandle, destination_id: str, status: str) -> list[dict[str, Any]]:
+    page = t.get("/v1/deliveries", destination_id=destination_id, status=status, limit=500)
+    data: list[dict[str, Any]] = page.json()["data"]
+    return data
+
+
+def _metric(tg: Tidegate, name: str, **labels: str) -> float:
+    """A sample of /metrics (0 if absent)."""
+    for family in text_string_to_metric_families(
+        requests.get(tg.base + "/metrics", timeout=10).text
+    ):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_a_row_snowflake_refuses_is_a_dead_letter_and_the_rest_of_its_batch_lands_once(
+    tidegate: Tidegate, warehouse: dict[str, Any], key_file: Path, receiver: Receiver
+) -> None:
+    # Given a table the customer created with user_id NUMBER (their user ids are numeric),
+    # a second snowflake destination with Tidegate's own table, and a webhook
+    t = tidegate.tenant()
+    narrow, wide = f"NARROW_{time.monotonic_ns()}", f"WIDE_{time.monotonic_ns()}"
+    _query(warehouse, _target_ddl(narrow, user_id_type="NUMBER"))
+    made = [
+        _create(t, {"kind": "snowflake", "snowflake": _settings(warehouse, table, key_file)})
+        for table in (narrow, wide)
+    ]
+    assert all(r.status_code == 201 for r in made), [r.text for r in made]
+    narrow_id, wide_id = (r.json()["id"] for r in made)
+    path = f"/refusals-{time.monotonic_ns()}"
+    hook = t.destination(receiver.url(path))
+
+    # When one batch of 12 events arrives, one of them with a user id that is no number
+    run = uuid.uuid4().hex[:8]
+    users = [str(1001 + n) for n in range(12)]
+    users[7] = "guest-7"
+    _post_batch(
+        t,
+        [
+            {"type": "track", "userId": u, "event": "Refusal Test", "messageId": f"{run}-{n}"}
+            for n, u in enumerate(users)
+        ],
+    )
+
+    # Then the other 11 land in the narrow table and its delivery is a dead letter...
+    wait_until(lambda: len(_deliveries(t, narrow_id, "succeeded")) >= 11, timeout=30)
+    (dead,) = wait_until(lambda: _deliveries(t, narrow_id, "dead"), timeout=30)
+    assert dead["attempts"] == 1 and dead["last_error"].startswith("snowflake refused the row:")
+    assert "'***'" in dead["last_error"] and "guest-7" not in dead["last_error"]
+    assert t.get(f"/v1/events/{dead['event_id']}").json()["payload"]["userId"] == "guest-7"
+    (letter,) = t.get("/v1/dead-letters", destination_id=narrow_id).json()["data"]
+    assert letter["id"] == dead["id"]
+    (history,) = [
+        d for d in t.get(f"/v1/events/{dead['event_id']}/deliveries").json()
+        if d["destination_id"] == narrow_id
+    ]  # fmt: skip
+    (attempt,) = history["attempt_log"]
+    assert attempt["outcome"] == "failed" and attempt["error"] == dead["last_error"]
+    rows = _query(warehouse, f"SELECT message_id, user_id FROM {narrow}")  # noqa: S608
+    assert sorted(m for m, _ in rows) == sorted(f"{run}-{n}" for n in range(12) if n != 7)
+    assert {u for _, u in rows} == {int(u) for u in users if u != "guest-7"}
+
+    # ...all 12 were one batch, isolated by bisection...
+    batches = [
+        json.loads(line)
+        for line in tidegate.logs().splitlines()
+        if line.startswith("{") and '"snowflake.batch_loaded"' in line and narrow_id in line
+    ]
+    assert [(b["rows"], b["loaded"], b["refused"]) for b in batches] == [(12, 11, 1)]
+    assert batches[0]["loads"] > 1
+
+    # ...and the other destinations got all 12, once each
+    wait_until(lambda: len(_deliveries(t, wide_id, "succeeded")) >= 12, timeout=30)
+    wide_rows = _query(warehouse, f"SELECT message_id, user_id FROM {wide}")  # noqa: S608
+    assert sorted(m for m, _ in wide_rows) == sorted(f"{run}-{n}" for n in range(12))
+    wait_until(lambda: len(receiver.at(path)) >= 12, timeout=15)
+    assert len(receiver.at(path)) == 12
+    assert _deliveries(t, hook["id"], "dead") == [] and _deliveries(t, wide_id, "dead") == []
+
+    # And /metrics counts them per destination
+    assert (
+        _metric(tidegate, "tidegate_warehouse_rows_rejected_total", destination_id=narrow_id) == 1
+    )
+    assert _metric(tidegate, "tidegate_warehouse_rows_loaded_total", destination_id=narrow_id) == 11
+    assert _metric(tidegate, "tidegate_warehouse_rows_loaded_total", destination_id=wide_id) == 12
+    assert (
+        _metric(
+            tidegate,
+            "tidegate_warehouse_batches_total",
+            destination_id=narrow_id,
+            result="isolated",
+        )
+        == 1
+    )
+    assert (
+        _metric(tidegate, "tidegate_warehouse_freshness_seconds_count", destination_id=narrow_id)
+        == 11
+    )
+
+    # When the customer fixes the column and replays the destination's dead letters
+    _query(warehouse, f"ALTER TABLE {narrow} RENAME COLUMN user_id TO user_number")
+    _query(warehouse, f"ALTER TABLE {narrow} ADD COLUMN user_id STRING")
+    replayed = requests.post(
+        tidegate.base + f"/v1/destinations/{narrow_id}/dead-letters/replay",
+        headers={"authorization": f"Bearer {t.api_key}"},
+        timeout=10,
+    )
+    assert replayed.json() == {"replayed": 1}
+
+    # Then the refused event lands too, same delivery, and the table holds each event once
+    wait_until(lambda: len(_deliveries(t, narrow_id, "succeeded")) >= 12, timeout=30)
+    ids = [m for (m,) in _query(warehouse, f"SELECT message_id FROM {narrow}")]  # noqa: S608
+    assert sorted(ids) == sorted(f"{run}-{n}" for n in range(12))
+    assert _deliveries(t, narrow_id, "dead") == []

@@ -45,8 +45,8 @@ def test_target_table_is_keyed_by_event_id_with_a_variant_payload() -> None:
 
 def test_staging_is_a_temporary_table_loaded_from_its_own_stage() -> None:
     assert "TEMPORARY TABLE IF NOT EXISTS EVENTS_TIDEGATE_STAGING" in create_staging_sql(CONFIG)
-    assert copy_sql(CONFIG) == (
-        "COPY INTO EVENTS_TIDEGATE_STAGING FROM @%EVENTS_TIDEGATE_STAGING"
+    assert copy_sql(CONFIG, "batch-1.ndjson") == (
+        "COPY INTO EVENTS_TIDEGATE_STAGING FROM @%EVENTS_TIDEGATE_STAGING/batch-1.ndjson"
         " FILE_FORMAT=(TYPE=JSON) PURGE=TRUE"
     )
 

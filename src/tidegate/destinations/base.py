@@ -18,6 +18,10 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_s: float | None = None
     duration_ms: float = 0.0
     loaded: bool = False  # a warehouse committed the row (no HTTP status to judge by)
+    # The destination refused this event for good (a warehouse refused its row): retrying
+    # cannot help, so it is a dead letter at once, `error` saying why. Replaying it after
+    # the cause is fixed (say, the table's column type) loads it.
+    rejected: bool = False
 
     @property
     def is_success(self) -> bool:
@@ -60,8 +64,10 @@ class Loader(Protocol):
     """Loads rows into one warehouse destination in micro-batches."""
 
     async def load(self, row: WarehouseRow) -> Outcome:
-        """Add `row` to the current batch and wait until that batch is committed (a
-        succeeded Outcome, `loaded`) or has failed (every row of it fails alike).
+        """Add `row` to the current batch and wait for its own result: committed (a
+        succeeded Outcome, `loaded`), refused by the warehouse for this row's data
+        (`rejected`, with the warehouse's reason; its batch-mates still load), or failed
+        with its batch (warehouse unreachable, login refused: retried on the schedule).
 
         Loading a row whose event id the table already holds changes nothing, so a
         retried or replayed batch never duplicates rows. Never raises for the

@@ -1,16 +1,22 @@
 """Snowflake loading: micro-batches of rows, merged idempotently on the event id.
 
 Each batch goes through the table stage of a session-scoped staging table: the rows
-are written as NDJSON to a temp file, PUT to the stage, COPY'd into the staging table
-(one VARIANT column, the file purged from the stage), then MERGEd into the target
-WHEN NOT MATCHED on `event_id`, and the staging table is truncated. A batch loaded
-twice (a retry after a lost answer, a replay) therefore adds no row. The staging
-table is TEMPORARY, so concurrent workers loading one table never see each other's
-files.
+are written as NDJSON to a uniquely named file, PUT to the stage, COPY'd into the
+staging table (one VARIANT column; that file only, purged from the stage once
+loaded), then MERGEd into the target WHEN NOT MATCHED on `event_id`. A batch loaded
+twice (a retry after a lost answer, a replay) therefore adds no row. The staging table
+is TEMPORARY, so concurrent workers loading one table never see each other's files.
+
+A row Snowflake refuses (a value its column cannot take) fails the whole COPY or MERGE.
+The loader then finds it by bisection: each refused range is split in two and each
+half loaded again, down to single rows, so every other row of the batch lands and each
+refused row gets Snowflake's reason (a dead letter; see `is_row_refusal` for what
+counts as a refusal). Any other failure fails the rows not yet loaded, which retry.
 
 snowflake-connector-python is blocking: one worker thread per batch, and batches of
 one destination run one after another on one connection. The connector is an
-optional extra, imported only when a loader first connects.
+optional extra, imported only when a loader first connects (or classifies an error
+the connector raised).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,17 @@ _STRING_FIELDS = (
     "message_id",
 )
 _TIME_FIELDS = ("sent_at", "received_at")
+# Snowflake's largest VARIANT value (16 MB). Each row is staged as one VARIANT, so a
+# row whose JSON is larger is refused for sure: it is turned away before loading.
+MAX_ROW_BYTES = 16 * 1024 * 1024
+# How long a batch may spend isolating refused rows (about 2·k·log2(n) loads for k
+# refused rows among n) before what is unresolved retries: well inside a delivery's
+# lease, so no other worker takes these deliveries meanwhile.
+ISOLATION_BUDGET_S = 20.0
+# Snowflake's errno range for stage and file errors (091003 "failure using stage area",
+# 091016 "remote file not found"). Some carry SQLSTATE 22000, but no row is at fault.
+_STAGE_ERRNOS = range(90_000, 100_000)
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
 
 
 def check_config(config: SnowflakeConfig) -> None:
@@ -114,9 +132,11 @@ def put_sql(config: SnowflakeConfig, path: Path) -> str:
     return f"PUT 'file://{path.as_posix()}' @%{staging_table(config)} AUTO_COMPRESS=FALSE"
 
 
-def copy_sql(config: SnowflakeConfig) -> str:
+def copy_sql(config: SnowflakeConfig, file_name: str) -> str:
+    """COPY one staged file. A file whose COPY was refused stays in the stage (PURGE
+    removes only what loaded), so naming the file keeps it out of later loads."""
     staging = staging_table(config)
-    return f"COPY INTO {staging} FROM @%{staging} FILE_FORMAT=(TYPE=JSON) PURGE=TRUE"
+    return f"COPY INTO {staging} FROM @%{staging}/{file_name} FILE_FORMAT=(TYPE=JSON) PURGE=TRUE"
 
 
 def merge_sql(config: SnowflakeConfig) -> str:
@@ -145,6 +165,107 @@ def encode_batch(rows: list[WarehouseRow]) -> bytes:
     return b"\n".join(_encode_row(row) for row in rows) + b"\n"
 
 
+def refusal_before_load(row: WarehouseRow) -> str | None:
+    """Why Snowflake would refuse `row` for sure (None: it may load). Such a row is not
+    sent: it would only fail its batch and cost a bisection."""
+    size = len(_encode_row(row))
+    if size > MAX_ROW_BYTES:
+        return (
+            f"snowflake would refuse the row: {size} bytes of JSON, over the"
+            f" {MAX_ROW_BYTES}-byte (16 MB) limit of a VARIANT value"
+        )
+    return None
+
+
+def is_row_refusal(exc: BaseException) -> bool:
+    """Whether a failed COPY or MERGE means Snowflake refused the data (some row of the
+    load is at fault), rather than that loading could not happen at all.
+
+    The connector raises ProgrammingError (or its DataError/IntegrityError siblings)
+    for a statement Snowflake ran and refused. Among those, SQLSTATE class 22 (data
+    exception: 100035 timestamp not recognized 22007, 100038 numeric value not
+    recognized 22018, 100069 error parsing JSON, 100078 string too long, 100072 NULL in
+    a non-nullable column) and class 23 (integrity) are the rows' fault, except stage
+    errors (errno 09xxxx). Everything else is not a row's fault and retries with
+    backoff, nothing lost: OperationalError and DatabaseError (network, login, JWT
+    refused, HTTP 5xx), ProgrammingError of class 42 (missing table, no privilege,
+    syntax), 57 (statement cancelled, warehouse timeout), 08 (connection), OSError.
+    """
+    from snowflake.connector import errors
+
+    if not isinstance(exc, errors.ProgrammingError | errors.DataError | errors.IntegrityError):
+        return False
+    sqlstate = exc.sqlstate or ""
+    return sqlstate[:2] in ("22", "23") and exc.errno not in _STAGE_ERRNOS
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """Snowflake's message for a refused row, quoted values masked: the event is
+    encrypted at rest, a delivery's error is not, and Snowflake quotes the value it
+    refused ("Numeric value 'abc' is not recognized")."""
+    text = " ".join(str(getattr(exc, "msg", None) or exc).split())
+    masked = _QUOTED.sub("'***'", text)
+    return f"snowflake refused the row: {masked}"[:500]
+
+
+class RowsRefused(Exception):
+    """Snowflake refused the data of one load (its COPY or MERGE): nothing of it was
+    committed, and some row of it is at fault."""
+
+
+class LoadReport(msgspec.Struct, kw_only=True):
+    """What happened to each row (by index) of a batch."""
+
+    loaded: list[int] = []
+    refused: dict[int, str] = {}  # index -> reason
+    failed: list[int] = []  # not loaded for a reason no row is at fault for: retry
+    error: str | None = None  # why `failed` failed
+    loads: int = 0
+
+
+def isolate_refused_rows(
+    count: int,
+    load: Callable[[int, int], None],
+    *,
+    budget_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> LoadReport:
+    """Load rows [0, count) with `load(lo, hi)`, isolating the rows the warehouse refuses.
+
+    `load` commits rows lo..hi-1 or raises RowsRefused (nothing committed); any other
+    exception means the warehouse failed. A refused range is split in two and each half
+    loaded, down to single rows; a single row refused is refused for good. The first
+    failure that is not a refusal, or running past `budget_s` (checked before each load
+    after the first), stops: the rows not yet resolved fail and retry later.
+    """
+    report = LoadReport()
+    deadline = clock() + budget_s
+    todo = [(0, count)]
+    while todo:
+        lo, hi = todo.pop()
+        if report.loads and clock() > deadline:
+            todo.append((lo, hi))
+            report.error = "snowflake: time ran out isolating refused rows; these retry"
+            break
+        report.loads += 1
+        try:
+            load(lo, hi)
+        except RowsRefused as exc:
+            if hi - lo == 1:
+                report.refused[lo] = str(exc)
+            else:
+                mid = (lo + hi) // 2
+                todo += [(mid, hi), (lo, mid)]  # the lower half is loaded first
+            continue
+        except Exception as exc:  # noqa: BLE001 - the warehouse failed, not a row: retry
+            todo.append((lo, hi))
+            report.error = _describe(exc)
+            break
+        report.loaded.extend(range(lo, hi))
+    report.failed = sorted(i for lo, hi in todo for i in range(lo, hi))  # empty unless stopped
+    return report
+
+
 class SnowflakeLoader:
     """Batches rows for one destination: flush at `batch_rows` rows or `flush_interval_s`
     after the first row of a batch arrived, whichever comes first."""
@@ -154,15 +275,19 @@ class SnowflakeLoader:
         config: SnowflakeConfig,
         private_key_pem: str,
         *,
+        destination_id: str,
         batch_rows: int = 500,
         flush_interval_s: float = 1.0,
         timeout_s: float = 30.0,
+        isolation_budget_s: float = ISOLATION_BUDGET_S,
     ) -> None:
         self._config = config
         self._key = private_key_der(private_key_pem)
+        self._destination_id = destination_id
         self._batch_rows = batch_rows
         self._flush_interval_s = flush_interval_s
         self._timeout_s = timeout_s
+        self._isolation_budget_s = isolation_budget_s
         self._pending: list[tuple[WarehouseRow, asyncio.Future[Outcome]]] = []
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -173,6 +298,11 @@ class SnowflakeLoader:
     async def load(self, row: WarehouseRow) -> Outcome:
         if self._closing:
             return Outcome(error="snowflake loader closing")
+        refusal = refusal_before_load(row)
+        if refusal is not None:
+            telemetry.WAREHOUSE_REJECTED.labels(self._destination_id).inc()
+            self._log_refused(row, refusal)
+            return Outcome(error=refusal, rejected=True)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
         self._arrived.set()
@@ -204,54 +334,96 @@ class SnowflakeLoader:
     async def _flush(self, batch: list[tuple[WarehouseRow, asyncio.Future[Outcome]]]) -> None:
         rows = [row for row, _ in batch]
         started = time.perf_counter()
-        try:
-            await asyncio.to_thread(self._load_batch, rows)
-        except Exception as exc:  # noqa: BLE001 - any failure fails the batch; it is retried
-            duration_ms = (time.perf_counter() - started) * 1000
-            telemetry.WAREHOUSE_BATCHES.labels("failed").inc()
-            telemetry.WAREHOUSE_FAILURES.inc(len(rows))
+        report = await asyncio.to_thread(self._load_batch, rows)
+        duration_ms = (time.perf_counter() - started) * 1000
+        outcomes = [Outcome(loaded=True, duration_ms=duration_ms)] * len(rows)
+        for i, reason in report.refused.items():
+            outcomes[i] = Outcome(error=reason, rejected=True, duration_ms=duration_ms)
+            self._log_refused(rows[i], reason)
+        failure = Outcome(error=report.error, duration_ms=duration_ms)
+        for i in report.failed:
+            outcomes[i] = failure
+        self._count(report)
+        fields = {
+            "destination_id": self._destination_id,
+            "account": self._config.account,
+            "table": self._config.table,
+            "rows": len(rows),
+            "loaded": len(report.loaded),
+            "refused": len(report.refused),
+            "loads": report.loads,
+            "duration_ms": round(duration_ms, 3),
+        }
+        if report.failed:
             log.warning(
-                "snowflake.batch_failed",
-                account=self._config.account,
-                table=self._config.table,
-                rows=len(rows),
-                error=_describe(exc),
+                "snowflake.batch_failed", failed=len(report.failed), error=report.error, **fields
             )
-            outcome = Outcome(error=_describe(exc), duration_ms=duration_ms)
             await asyncio.to_thread(self._disconnect)
         else:
-            duration_ms = (time.perf_counter() - started) * 1000
-            telemetry.WAREHOUSE_BATCHES.labels("loaded").inc()
-            telemetry.WAREHOUSE_ROWS.inc(len(rows))
-            log.info(
-                "snowflake.batch_loaded",
-                account=self._config.account,
-                table=self._config.table,
-                rows=len(rows),
-                duration_ms=round(duration_ms, 3),
-            )
-            outcome = Outcome(loaded=True, duration_ms=duration_ms)
-        for _, future in batch:
+            log.info("snowflake.batch_loaded", **fields)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
 
-    def _load_batch(self, rows: list[WarehouseRow]) -> None:
-        """PUT, COPY, MERGE, clean up: runs in a worker thread."""
-        cursor = self._connection().cursor()
+    def _count(self, report: LoadReport) -> None:
+        d = self._destination_id
+        result = (
+            "failed"
+            if report.failed
+            else "isolated"
+            if report.refused or report.loads > 1
+            else "loaded"
+        )
+        telemetry.WAREHOUSE_BATCHES.labels(d, result).inc()
+        telemetry.WAREHOUSE_ROWS.labels(d).inc(len(report.loaded))
+        if report.refused:
+            telemetry.WAREHOUSE_REJECTED.labels(d).inc(len(report.refused))
+        if report.failed:
+            telemetry.WAREHOUSE_FAILURES.labels(d).inc(len(report.failed))
+
+    def _log_refused(self, row: WarehouseRow, reason: str) -> None:
+        log.warning(
+            "snowflake.row_refused",
+            destination_id=self._destination_id,
+            table=self._config.table,
+            event_id=row.event_id,
+            error=reason,
+        )
+
+    def _load_batch(self, rows: list[WarehouseRow]) -> LoadReport:
+        """Load `rows`, isolating those Snowflake refuses: runs in a worker thread."""
+        cursor: Any = None
+
+        def load(lo: int, hi: int) -> None:
+            nonlocal cursor
+            if cursor is None:
+                cursor = self._connection().cursor()
+                cursor.execute(create_target_sql(self._config))
+                cursor.execute(create_staging_sql(self._config))
+            self._load_rows(cursor, rows[lo:hi])
+
         try:
-            cursor.execute(create_target_sql(self._config))
-            cursor.execute(create_staging_sql(self._config))
-            # What a batch that failed half-way left behind must not join this one.
-            cursor.execute(truncate_sql(self._config))
-            with tempfile.TemporaryDirectory(prefix="tidegate-snowflake-") as folder:
-                path = Path(folder) / f"batch-{new_attempt_id()}.ndjson"
-                path.write_bytes(encode_batch(rows))
-                cursor.execute(put_sql(self._config, path))
-            cursor.execute(copy_sql(self._config))
-            cursor.execute(merge_sql(self._config))
-            cursor.execute(truncate_sql(self._config))
+            return isolate_refused_rows(len(rows), load, budget_s=self._isolation_budget_s)
         finally:
-            cursor.close()
+            if cursor is not None:
+                with contextlib.suppress(Exception):
+                    cursor.close()
+
+    def _load_rows(self, cursor: Any, rows: list[WarehouseRow]) -> None:
+        """PUT, COPY, MERGE one set of rows; RowsRefused if Snowflake refused their data."""
+        # What a load that failed half-way left in the staging table must not join this one.
+        cursor.execute(truncate_sql(self._config))
+        with tempfile.TemporaryDirectory(prefix="tidegate-snowflake-") as folder:
+            path = Path(folder) / f"batch-{new_attempt_id()}.ndjson"
+            path.write_bytes(encode_batch(rows))
+            cursor.execute(put_sql(self._config, path))
+        try:
+            cursor.execute(copy_sql(self._config, path.name))
+            cursor.execute(merge_sql(self._config))
+        except Exception as exc:
+            if is_row_refusal(exc):
+                raise RowsRefused(refusal_reason(exc)) from exc
+            raise
 
     def _connection(self) -> Any:
         if self._conn is None:

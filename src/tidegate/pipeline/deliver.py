@@ -108,6 +108,7 @@ def open_loader(settings: Settings, destination: Destination, private_key_pem: s
             return SnowflakeLoader(
                 destination.snowflake,
                 private_key_pem,
+                destination_id=destination.id,
                 batch_rows=settings.snowflake_batch_rows,
                 flush_interval_s=settings.snowflake_flush_interval_s,
                 timeout_s=settings.snowflake_timeout_s,
@@ -131,7 +132,7 @@ class Dispatcher:
             lambda destination, key: open_loader(runtime.settings, destination, key)
         )
         # One loader per warehouse destination, kept across cache refreshes while its
-        # config and key stay the same.
+        # config and key stay the same; a change swaps in a new one (new connection).
         self._loaders: dict[DestinationId, tuple[Any, str, Loader]] = {}
         self._on_recovered = on_recovered
         self._lanes: dict[DestinationId, Lane] = {}
@@ -240,6 +241,12 @@ class Dispatcher:
                 lane.cap = max(self._rt.settings.snowflake_batch_rows, 1)
                 self._pump(lane)
             outcome = await self._load(cached.loader, delivery, body, content)
+            if outcome.rejected:
+                # The warehouse answered and refused this row: it is up, and the row is
+                # a dead letter now whatever the schedule (a retry would be refused too).
+                lane.breaker.record_alive()
+                await self._finish(delivery, outcome, cached, final=True)
+                return
         else:
             outcome = await self._sender.send(
                 cached.destination,
@@ -270,13 +277,17 @@ class Dispatcher:
         self, loader: Loader, delivery: Delivery, loaded: Loaded, content: bytes
     ) -> Outcome:
         """Load the rendered event as one warehouse row (waiting for its batch)."""
-        outcome = await loader.load(warehouse_row(delivery, loaded, content))
+        # The destination's current loader: settings changed since `loader` was looked
+        # up (an await ago) mean it is closing, and the row belongs to the new one.
+        kept = self._loaders.get(delivery.destination_id)
+        current = kept[2] if kept is not None else loader
+        outcome = await current.load(warehouse_row(delivery, loaded, content))
         if outcome.is_success:
             meter = self._rt.meter
             meter.add(delivery.tenant_id, Meter.WAREHOUSE_ROWS)
             meter.add(delivery.tenant_id, Meter.WAREHOUSE_BYTES, len(content))
             if delivery.replay_of is None:
-                telemetry.WAREHOUSE_FRESHNESS.observe(
+                telemetry.WAREHOUSE_FRESHNESS.labels(delivery.destination_id).observe(
                     max(0.0, (now_ms() - loaded.received_at_ms) / 1000)
                 )
         return outcome
@@ -397,6 +408,9 @@ class Dispatcher:
         destination = await self._rt.store.destinations.get_destination(tenant_id, destination_id)
         if destination is None:
             self._destinations.pop(destination_id, None)
+            gone = self._loaders.pop(destination_id, None)
+            if gone is not None:
+                self._close_later(gone[2])
             return None
         purpose = b"secret:" + destination.id.encode()
         envelope = self._rt.envelope
@@ -418,20 +432,37 @@ class Dispatcher:
             cached.previous_secret = plain.decode()
             cached.previous_until_ms = previous.expires_at_ms
         if destination.kind is not DestinationKind.WEBHOOK:
-            cached.loader = await self._loader(destination, secret)
+            cached.loader = self._loader(destination, secret)
         self._destinations[destination_id] = cached
         return cached
 
-    async def _loader(self, destination: Destination, key: str) -> Loader:
+    def _loader(self, destination: Destination, key: str) -> Loader:
+        """The destination's loader for these settings and key. Not async on purpose:
+        no await between looking up and swapping, so concurrent refreshes agree on one
+        loader and each row goes to exactly one."""
         kept = self._loaders.get(destination.id)
         config = destination.snowflake
-        if kept is not None:
-            if kept[0] == config and kept[1] == key:
-                return kept[2]
-            await kept[2].aclose()  # flushes what it holds under the old settings
+        if kept is not None and kept[0] == config and kept[1] == key:
+            return kept[2]
         loader = self._open_loader(destination, key)
         self._loaders[destination.id] = (config, key, loader)
+        if kept is not None:
+            log.info("loader.reconfigured", destination_id=destination.id)
+            # The old loader still loads what it holds, under the settings those rows
+            # were batched with (nothing lost; the MERGE on event_id adds no duplicate).
+            self._close_later(kept[2])
         return loader
+
+    def _close_later(self, loader: Loader) -> None:
+        async def close() -> None:
+            try:
+                await loader.aclose()
+            except Exception:
+                log.exception("loader.close_failed")
+
+        task = asyncio.create_task(close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _load_body(self, tenant_id: TenantId, event_id: EventId) -> Loaded | None:
         stored = await self._rt.store.events.get_event(tenant_id, event_id)
