@@ -18,7 +18,7 @@ from tidegate.store.sqlite import SqliteStore
 @pytest.fixture
 async def envelope(tmp_path: Path):  # type: ignore[no-untyped-def]
     store = SqliteStore(tmp_path / "store.db")
-    yield Envelope(LocalFileKeyRing(tmp_path / "master.key"), store)
+    yield Envelope(LocalFileKeyRing(tmp_path / "master.key"), store.tenants)
     await store.aclose()
 
 
@@ -66,9 +66,9 @@ async def test_rotation_keeps_old_data_readable_and_index_stable(envelope: Envel
 async def test_wrong_master_key_cannot_unwrap(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "store.db")
     try:
-        await Envelope(LocalFileKeyRing(tmp_path / "k1"), store).cipher(TenantId("t"))
+        await Envelope(LocalFileKeyRing(tmp_path / "k1"), store.tenants).cipher(TenantId("t"))
         with pytest.raises(DecryptionFailed):
-            await Envelope(LocalFileKeyRing(tmp_path / "k2"), store).cipher(TenantId("t"))
+            await Envelope(LocalFileKeyRing(tmp_path / "k2"), store.tenants).cipher(TenantId("t"))
     finally:
         await store.aclose()
 
@@ -78,7 +78,7 @@ async def test_a_process_with_stale_keys_reloads_on_a_newer_version(tmp_path: Pa
     store = SqliteStore(tmp_path / "store.db")
     ring = LocalFileKeyRing(tmp_path / "k")
     try:
-        stale, fresh = Envelope(ring, store), Envelope(ring, store)
+        stale, fresh = Envelope(ring, store.tenants), Envelope(ring, store.tenants)
         tenant = TenantId("t")
         await stale.cipher(tenant)
         await fresh.rotate(tenant)

@@ -12,6 +12,8 @@ from typing import Any
 import msgspec
 
 from tidegate.model import (
+    Attempt,
+    AttemptOutcome,
     Delivery,
     DeliveryId,
     DeliveryStatus,
@@ -161,4 +163,17 @@ def delivery_row(row: Sequence[Any]) -> Delivery:
         updated_at_ms=row[8],
         last_error=row[9],
         replay_of=row[10],
+    )
+
+
+def attempt_row(row: Sequence[Any]) -> Attempt:
+    return Attempt(
+        id=row[0],
+        delivery_id=DeliveryId(row[1]),
+        tenant_id=TenantId(row[2]),
+        started_at_ms=row[3],
+        duration_ms=row[4],
+        outcome=AttemptOutcome(row[5]),
+        status_code=row[6],
+        error=row[7],
     )

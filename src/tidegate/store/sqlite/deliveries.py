@@ -1,0 +1,282 @@
+"""Deliveries on SQLite: claims and leases, attempts, reads, dead letters and replays."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from tidegate.embedded import EmbeddedDatabase
+from tidegate.ids import new_delivery_id
+from tidegate.model import (
+    Attempt,
+    Delivery,
+    DeliveryId,
+    DeliveryStatus,
+    DestinationId,
+    EventId,
+    TenantId,
+)
+from tidegate.store.base import AttemptResult, DeliveryQuery
+from tidegate.store.rows import DELIVERY_COLUMNS, attempt_row, delivery_row
+from tidegate.store.sqlite.database import placeholders
+
+
+class SqliteDeliveryStore:
+    """Implements DeliveryStore on the embedded database."""
+
+    def __init__(self, db: EmbeddedDatabase) -> None:
+        self._db = db
+
+    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> list[Delivery]:
+        def claim(c: sqlite3.Connection) -> list[Delivery]:
+            rows = c.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
+                " AND next_attempt_at_ms <= ? AND (lease_until_ms IS NULL OR lease_until_ms < ?)"
+                " ORDER BY next_attempt_at_ms LIMIT ?",
+                (now_ms, now_ms, limit),
+            ).fetchall()
+            if rows:
+                c.executemany(
+                    "UPDATE deliveries SET lease_until_ms = ? WHERE id = ?",
+                    [(now_ms + lease_ms, r[0]) for r in rows],
+                )
+            return [delivery_row(r) for r in rows]
+
+        return await self._db.write(claim)
+
+    async def next_due_ms(self) -> int | None:
+        """When the earliest pending delivery falls due (the scheduler's alarm)."""
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT MIN(MAX(next_attempt_at_ms, COALESCE(lease_until_ms, 0)))"
+                " FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        )
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:
+        def record(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms, duration_ms,"
+                " outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.attempt.id,
+                        r.attempt.delivery_id,
+                        r.attempt.tenant_id,
+                        r.attempt.started_at_ms,
+                        r.attempt.duration_ms,
+                        r.attempt.outcome.value,
+                        r.attempt.status_code,
+                        r.attempt.error,
+                    )
+                    for r in results
+                ],
+            )
+            c.executemany(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                " next_attempt_at_ms = ?, lease_until_ms = NULL, updated_at_ms = ?,"
+                " last_error = ? WHERE id = ? AND tenant_id = ?",
+                [
+                    (
+                        r.delivery_status,
+                        r.next_attempt_at_ms,
+                        now_ms,
+                        r.last_error,
+                        r.attempt.delivery_id,
+                        r.attempt.tenant_id,
+                    )
+                    for r in results
+                ],
+            )
+
+        await self._db.write(record)
+
+    async def defer(self, delivery_ids: Sequence[DeliveryId], until_ms: int) -> None:
+        await self._db.write(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET next_attempt_at_ms = ?, lease_until_ms = NULL"
+                " WHERE id = ? AND status = 'pending'",
+                [(until_ms, d) for d in delivery_ids],
+            )
+        )
+
+    async def release_leases(self, delivery_ids: Sequence[DeliveryId]) -> None:
+        await self._db.write(
+            lambda c: c.executemany(
+                "UPDATE deliveries SET lease_until_ms = NULL WHERE id = ?",
+                [(d,) for d in delivery_ids],
+            )
+        )
+
+    async def resume_destination(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> int:
+        return await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET next_attempt_at_ms = ? WHERE tenant_id = ?"
+                    " AND destination_id = ? AND status = 'pending' AND next_attempt_at_ms > ?",
+                    (now_ms, tenant_id, destination_id, now_ms),
+                ).rowcount
+            )
+        )
+
+    async def release_all_leases(self) -> int:
+        return await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET lease_until_ms = NULL"
+                    " WHERE status = 'pending' AND lease_until_ms IS NOT NULL"
+                ).rowcount
+            )
+        )
+
+    async def get_delivery(self, tenant_id: TenantId, delivery_id: DeliveryId) -> Delivery | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE tenant_id = ? AND id = ?",
+                (tenant_id, delivery_id),
+            ).fetchone()
+        )
+        return delivery_row(row) if row else None
+
+    async def list_deliveries(self, tenant_id: TenantId, query: DeliveryQuery) -> list[Delivery]:
+        where = ["tenant_id = ?"]
+        args: list[Any] = [tenant_id]
+        for column, value in (
+            ("event_id", query.event_id),
+            ("destination_id", query.destination_id),
+            ("status", query.status),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.after_id is not None:
+            where.append("id < ?")
+            args.append(query.after_id)
+        sql = (
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)}"
+            " ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
+        return [delivery_row(r) for r in rows]
+
+    async def list_attempts(
+        self, tenant_id: TenantId, delivery_ids: Sequence[DeliveryId]
+    ) -> list[Attempt]:
+        ids = list(dict.fromkeys(delivery_ids))
+        if not ids:
+            return []
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT id, delivery_id, tenant_id, started_at_ms, duration_ms, outcome,"
+                " status_code, error FROM attempts"
+                f" WHERE tenant_id = ? AND delivery_id IN ({placeholders(len(ids))}) ORDER BY id",
+                [tenant_id, *ids],
+            ).fetchall()
+        )
+        return [attempt_row(r) for r in rows]
+
+    async def dead_letter_pending(
+        self, tenant_id: TenantId, destination_id: DestinationId, reason: str, *, now_ms: int
+    ) -> int:
+        return await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET status = 'dead', next_attempt_at_ms = NULL,"
+                    " lease_until_ms = NULL, last_error = ?, updated_at_ms = ?"
+                    " WHERE tenant_id = ? AND destination_id = ? AND status = 'pending'",
+                    (reason, now_ms, tenant_id, destination_id),
+                ).rowcount
+            )
+        )
+
+    async def replay_dead_letters(
+        self, tenant_id: TenantId, destination_id: DestinationId, *, now_ms: int
+    ) -> int:
+        return await self._db.write(
+            lambda c: (
+                c.execute(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at_ms = ?,"
+                    " lease_until_ms = NULL, attempts = 0, updated_at_ms = ?"
+                    " WHERE tenant_id = ? AND destination_id = ? AND status = 'dead'",
+                    (now_ms, now_ms, tenant_id, destination_id),
+                ).rowcount
+            )
+        )
+
+    async def replay_events(
+        self,
+        tenant_id: TenantId,
+        *,
+        event_ids: Sequence[EventId] | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        destination_ids: Sequence[DestinationId],
+        now_ms: int,
+    ) -> int:
+        where = ["tenant_id = ?"]
+        args: list[Any] = [tenant_id]
+        if event_ids is not None:
+            where.append(f"id IN ({placeholders(len(event_ids))})")
+            args.extend(event_ids)
+        if since_ms is not None:
+            where.append("received_at_ms >= ?")
+            args.append(since_ms)
+        if until_ms is not None:
+            where.append("received_at_ms < ?")
+            args.append(until_ms)
+
+        def replay(c: sqlite3.Connection) -> int:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    f"SELECT id FROM events WHERE {' AND '.join(where)} ORDER BY id", args
+                )
+            ]
+            count = 0
+            for event_id in ids:
+                for destination_id in destination_ids:
+                    insert_delivery(
+                        c,
+                        Delivery(
+                            id=new_delivery_id(),
+                            tenant_id=tenant_id,
+                            event_id=EventId(event_id),
+                            destination_id=destination_id,
+                            status=DeliveryStatus.PENDING,
+                            attempts=0,
+                            next_attempt_at_ms=now_ms,
+                            created_at_ms=now_ms,
+                            updated_at_ms=now_ms,
+                            replay_of=None,
+                        ),
+                        lease_until_ms=None,
+                    )
+                    count += 1
+            return count
+
+        return await self._db.write(replay)
+
+
+def insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int | None) -> None:
+    c.execute(
+        "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
+        " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            d.id,
+            d.tenant_id,
+            d.event_id,
+            d.destination_id,
+            d.status.value,
+            d.attempts,
+            d.next_attempt_at_ms,
+            lease_until_ms,
+            d.created_at_ms,
+            d.updated_at_ms,
+            d.replay_of,
+        ),
+    )

@@ -1,0 +1,153 @@
+"""The event index on SQLite: routing (dedupe, events, first deliveries), purge, reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from tidegate.embedded import EmbeddedDatabase
+from tidegate.ids import new_delivery_id
+from tidegate.model import Delivery, DeliveryStatus, EventId, TenantId
+from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
+from tidegate.store.rows import EVENT_COLUMNS, event_row
+from tidegate.store.sqlite.database import placeholders
+from tidegate.store.sqlite.deliveries import insert_delivery
+
+
+class SqliteEventStore:
+    """Implements EventStore on the embedded database."""
+
+    def __init__(self, db: EmbeddedDatabase) -> None:
+        self._db = db
+
+    async def record_routed(
+        self, events: Sequence[RoutedEvent], *, now_ms: int, dedupe_window_ms: int, lease_ms: int
+    ) -> list[Delivery]:
+        def record(c: sqlite3.Connection) -> list[Delivery]:
+            created: list[Delivery] = []
+            for item in events:
+                m = item.meta
+                c.execute(
+                    "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
+                    " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
+                    " WHERE dedupe.expires_at_ms <= ?",
+                    (m.tenant_id, m.dedupe_index, m.id, now_ms + dedupe_window_ms, now_ms),
+                )
+                (owner,) = c.execute(
+                    "SELECT event_id FROM dedupe WHERE tenant_id = ? AND dedupe_index = ?",
+                    (m.tenant_id, m.dedupe_index),
+                ).fetchone()
+                if owner != m.id:
+                    continue  # a duplicate of an event kept within the window
+                inserted = c.execute(
+                    "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
+                    " name_index, dedupe_index, received_at_ms, ciphertext)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        m.tenant_id,
+                        m.id,
+                        m.source_id,
+                        m.kind,
+                        m.type,
+                        m.name_index,
+                        m.dedupe_index,
+                        m.received_at_ms,
+                        item.ciphertext,
+                    ),
+                ).rowcount
+                if not inserted:
+                    continue  # this very event was recorded before (log replayed after a crash)
+                for destination_id in item.destination_ids:
+                    delivery = Delivery(
+                        id=new_delivery_id(),
+                        tenant_id=m.tenant_id,
+                        event_id=m.id,
+                        destination_id=destination_id,
+                        status=DeliveryStatus.PENDING,
+                        attempts=0,
+                        next_attempt_at_ms=now_ms,
+                        created_at_ms=now_ms,
+                        updated_at_ms=now_ms,
+                    )
+                    insert_delivery(c, delivery, lease_until_ms=now_ms + lease_ms)
+                    created.append(delivery)
+            return created
+
+        return await self._db.write(record)
+
+    async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
+        def purge(c: sqlite3.Connection) -> int:
+            c.execute("DELETE FROM dedupe WHERE expires_at_ms <= ?", (now_ms,))
+            doomed = (
+                "SELECT tenant_id, id FROM events e WHERE received_at_ms < ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id"
+                " AND d.event_id = e.id AND d.status = 'pending') LIMIT 10000"
+            )
+            rows = c.execute(doomed, (events_before_ms,)).fetchall()
+            for tenant_id, event_id in rows:
+                c.execute(
+                    "DELETE FROM attempts WHERE tenant_id = ? AND delivery_id IN"
+                    " (SELECT id FROM deliveries WHERE tenant_id = ? AND event_id = ?)",
+                    (tenant_id, tenant_id, event_id),
+                )
+                c.execute(
+                    "DELETE FROM deliveries WHERE tenant_id = ? AND event_id = ?",
+                    (tenant_id, event_id),
+                )
+                c.execute(
+                    "DELETE FROM events WHERE tenant_id = ? AND id = ?", (tenant_id, event_id)
+                )
+            return len(rows)
+
+        return await self._db.write(purge)
+
+    async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND id = ?",
+                (tenant_id, event_id),
+            ).fetchone()
+        )
+        return event_row(row) if row else None
+
+    async def get_events(
+        self, tenant_id: TenantId, event_ids: Sequence[EventId]
+    ) -> list[StoredEvent]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return []
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events"
+                f" WHERE tenant_id = ? AND id IN ({placeholders(len(ids))})",
+                [tenant_id, *ids],
+            ).fetchall()
+        )
+        return [event_row(r) for r in rows]
+
+    async def list_events(self, tenant_id: TenantId, query: EventQuery) -> list[StoredEvent]:
+        where = ["tenant_id = ?"]
+        args: list[Any] = [tenant_id]
+        if query.type is not None:
+            where.append("type = ?")
+            args.append(query.type)
+        if query.name_index is not None:
+            where.append("name_index = ?")
+            args.append(query.name_index)
+        if query.since_ms is not None:
+            where.append("received_at_ms >= ?")
+            args.append(query.since_ms)
+        if query.until_ms is not None:
+            where.append("received_at_ms < ?")
+            args.append(query.until_ms)
+        if query.after_id is not None:
+            where.append("id < ?")
+            args.append(query.after_id)
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
+        return [event_row(r) for r in rows]

@@ -1,0 +1,65 @@
+"""SqliteStore: the embedded store, one SQLite file (WAL, group commit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidegate.embedded import sqlite_path
+from tidegate.store.sqlite.audit import SqliteAuditStore
+from tidegate.store.sqlite.database import open_database
+from tidegate.store.sqlite.deliveries import SqliteDeliveryStore
+from tidegate.store.sqlite.destinations import SqliteDestinationStore
+from tidegate.store.sqlite.events import SqliteEventStore
+from tidegate.store.sqlite.tenants import SqliteTenantStore
+from tidegate.store.sqlite.usage import SqliteUsageStore
+
+
+class SqliteStore:
+    """Implements Store: one aggregate store per Protocol, sharing one embedded database."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_database(path)
+        self._tenants = SqliteTenantStore(self._db)
+        self._destinations = SqliteDestinationStore(self._db)
+        self._events = SqliteEventStore(self._db)
+        self._deliveries = SqliteDeliveryStore(self._db)
+        self._usage = SqliteUsageStore(self._db)
+        self._audit = SqliteAuditStore(self._db)
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        return cls(sqlite_path(url, "TIDEGATE_STORE_URL"))
+
+    @property
+    def tenants(self) -> SqliteTenantStore:
+        return self._tenants
+
+    @property
+    def destinations(self) -> SqliteDestinationStore:
+        return self._destinations
+
+    @property
+    def events(self) -> SqliteEventStore:
+        return self._events
+
+    @property
+    def deliveries(self) -> SqliteDeliveryStore:
+        return self._deliveries
+
+    @property
+    def usage(self) -> SqliteUsageStore:
+        return self._usage
+
+    @property
+    def audit(self) -> SqliteAuditStore:
+        return self._audit
+
+    @property
+    def exclusive_worker(self) -> bool:
+        return True
+
+    async def ping(self) -> None:
+        await self._db.read(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
