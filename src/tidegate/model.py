@@ -21,6 +21,16 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True):
     created_at_ms: int
 
 
+class TransferConsent(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's recorded consent to load its events into accounts in another region."""
+
+    tenant_id: TenantId
+    region: str
+    reference: str  # the basis of the transfer, e.g. the contract clauses it relies on
+    recorded_by: str
+    recorded_at_ms: int
+
+
 class Source(msgspec.Struct, frozen=True, kw_only=True):
     id: SourceId
     tenant_id: TenantId

@@ -16,6 +16,7 @@ from tidegate.model import (
     SourceId,
     Tenant,
     TenantId,
+    TransferConsent,
 )
 from tidegate.security.audit import AuditEntry, verify
 from tidegate.store import (
@@ -400,3 +401,81 @@ async def test_rotating_secret_without_overlap_drops_the_previous(store: Store) 
     assert await store.destinations.previous_secret(tenant, dest, now_ms=now) is None
     found = await store.destinations.get_destination(tenant, dest)
     assert found is not None and found.secret_ciphertext == b"3"
+
+
+async def test_a_batch_keeps_the_first_event_of_a_dedupe_key_and_skips_known_ones(
+    store: Store,
+) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    known = _event(tenant, b"known")
+    assert await _route(store, known, dest) == 1
+    first, second, other = _event(tenant, b"k"), _event(tenant, b"k"), _event(tenant, b"o")
+    created = await store.events.record_routed(
+        [
+            RoutedEvent(meta=m, ciphertext=b"ct", destination_ids=(dest,))
+            for m in (first, known, second, other, first)
+        ],
+        now_ms=now_ms(),
+        dedupe_window_ms=DAY_MS,
+        lease_ms=60_000,
+    )
+    assert sorted(d.event_id for d in created) == sorted([first.id, other.id])
+    listed = {e.meta.id for e in await store.events.list_events(tenant, EventQuery())}
+    assert listed == {known.id, first.id, other.id}
+
+
+async def test_two_attempts_of_one_delivery_in_one_batch_both_count(store: Store) -> None:
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    await _route(store, _event(tenant, b"m"), dest)
+    (delivery,) = await store.deliveries.list_deliveries(tenant, DeliveryQuery())
+
+    def result(n: int, status: str) -> AttemptResult:
+        return AttemptResult(
+            attempt=Attempt(
+                id=f"att_{n}_{delivery.id}",
+                delivery_id=delivery.id,
+                tenant_id=tenant,
+                started_at_ms=now_ms() + n,
+                duration_ms=1.0,
+                outcome=AttemptOutcome.FAILED
+                if status != "succeeded"
+                else AttemptOutcome.SUCCEEDED,
+                status_code=500 if status != "succeeded" else 200,
+                error=None,
+            ),
+            delivery_status=status,
+            next_attempt_at_ms=now_ms() if status == "pending" else None,
+            last_error=None,
+        )
+
+    await store.deliveries.record_attempts(
+        [result(1, "pending"), result(2, "succeeded")], now_ms=now_ms()
+    )
+    (done,) = await store.deliveries.list_deliveries(tenant, DeliveryQuery())
+    assert done.attempts == 2 and done.status.value == "succeeded"
+    codes = [a.status_code for a in await store.deliveries.list_attempts(tenant, [done.id])]
+    assert sorted(c or 0 for c in codes) == [200, 500]
+
+
+async def test_transfer_consents_are_per_tenant_and_replaceable(store: Store) -> None:
+    a, b = await _tenant(store), await _tenant(store)
+
+    def consent(tenant: TenantId, reference: str) -> TransferConsent:
+        return TransferConsent(
+            tenant_id=tenant,
+            region="us",
+            reference=reference,
+            recorded_by="alice",
+            recorded_at_ms=now_ms(),
+        )
+
+    await store.tenants.put_transfer_consent(consent(a, "SCC v1"))
+    await store.tenants.put_transfer_consent(consent(a, "SCC v2"))
+    assert [c.reference for c in await store.tenants.transfer_consents(a)] == ["SCC v2"]
+    assert await store.tenants.transfer_consents(b) == []
+    assert not await store.tenants.delete_transfer_consent(b, "us")
+    assert await store.tenants.delete_transfer_consent(a, "us")
+    assert await store.tenants.transfer_consents(a) == []
+    assert not await store.tenants.delete_transfer_consent(a, "us")

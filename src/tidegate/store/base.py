@@ -24,6 +24,7 @@ from tidegate.model import (
     SourceId,
     Tenant,
     TenantId,
+    TransferConsent,
 )
 from tidegate.security.audit import AuditStore
 from tidegate.security.envelope import DataKeyStore
@@ -136,6 +137,19 @@ class TenantStore(DataKeyStore, Protocol):
     async def tenant_by_api_key(self, key_hash: str) -> TenantId | None: ...
     async def revoke_api_key(self, tenant_id: TenantId, key_hash: str, *, now_ms: int) -> bool:
         """Revoke the tenant's live API key hashing to `key_hash`; False if there is none."""
+        ...
+
+    async def put_transfer_consent(self, consent: TransferConsent) -> None:
+        """Record the tenant's consent to transfers to `consent.region` (replacing one
+        recorded before). Conflict if the tenant does not exist."""
+        ...
+
+    async def delete_transfer_consent(self, tenant_id: TenantId, region: str) -> bool:
+        """Withdraw the tenant's consent to `region`; False if there was none."""
+        ...
+
+    async def transfer_consents(self, tenant_id: TenantId) -> list[TransferConsent]:
+        """The tenant's recorded consents, by region."""
         ...
 
 

@@ -28,10 +28,12 @@ from tidegate.model import (
     SourceId,
     Tenant,
     TenantId,
+    TransferConsent,
 )
 from tidegate.security.audit import AuditEntry, AuditRecord
 from tidegate.store.base import StoredEvent
 
+CONSENT_COLUMNS = "tenant_id, region, reference, recorded_by, recorded_at_ms"
 AUDIT_COLUMNS = (
     "seq, at_ms, tenant_id, actor, client_id, source_ip, action, resource, outcome,"
     " request_id, detail, prev_hash, hash"
@@ -177,3 +179,17 @@ def attempt_row(row: Sequence[Any]) -> Attempt:
         status_code=row[6],
         error=row[7],
     )
+
+
+def consent_row(row: Sequence[Any]) -> TransferConsent:
+    return TransferConsent(
+        tenant_id=TenantId(row[0]),
+        region=row[1],
+        reference=row[2],
+        recorded_by=row[3],
+        recorded_at_ms=row[4],
+    )
+
+
+def consent_values(c: TransferConsent) -> tuple[Any, ...]:
+    return (c.tenant_id, c.region, c.reference, c.recorded_by, c.recorded_at_ms)

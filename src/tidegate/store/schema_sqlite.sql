@@ -134,3 +134,11 @@ CREATE TABLE IF NOT EXISTS audit_anchor (
     seq  INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS transfer_consents (
+    tenant_id      TEXT NOT NULL REFERENCES tenants (id),
+    region         TEXT NOT NULL,
+    reference      TEXT NOT NULL,
+    recorded_by    TEXT NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, region)
+);

@@ -58,43 +58,47 @@ class PostgresDeliveryStore:
     async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:
         if not results:
             return
-        # In delivery-id order, so two transactions lock shared rows in the same order.
-        ordered = sorted(results, key=lambda r: r.attempt.delivery_id)
         async with self._db.transaction() as conn:
-            cur = conn.cursor()
-            await cur.executemany(
-                "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms, duration_ms,"
-                " outcome, status_code, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [
+            # A delivery attempted twice in one batch is updated once per round, in order.
+            for round_ in _rounds(results):
+                ids = [r.attempt.delivery_id for r in round_]
+                # Lock in delivery-id order, so two transactions never deadlock.
+                await conn.execute(
+                    "SELECT 1 FROM deliveries WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                    (ids,),
+                )
+                await conn.execute(
+                    "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms,"
+                    " duration_ms, outcome, status_code, error) SELECT * FROM unnest(%s::text[],"
+                    " %s::text[], %s::text[], %s::bigint[], %s::float8[], %s::text[],"
+                    " %s::int[], %s::text[])",
                     (
-                        r.attempt.id,
-                        r.attempt.delivery_id,
-                        r.attempt.tenant_id,
-                        r.attempt.started_at_ms,
-                        r.attempt.duration_ms,
-                        r.attempt.outcome.value,
-                        r.attempt.status_code,
-                        r.attempt.error,
-                    )
-                    for r in ordered
-                ],
-            )
-            await cur.executemany(
-                "UPDATE deliveries SET status = %s, attempts = attempts + 1,"
-                " next_attempt_at_ms = %s, lease_until_ms = NULL, updated_at_ms = %s,"
-                " last_error = %s WHERE id = %s AND tenant_id = %s",
-                [
+                        [r.attempt.id for r in round_],
+                        ids,
+                        [r.attempt.tenant_id for r in round_],
+                        [r.attempt.started_at_ms for r in round_],
+                        [r.attempt.duration_ms for r in round_],
+                        [r.attempt.outcome.value for r in round_],
+                        [r.attempt.status_code for r in round_],
+                        [r.attempt.error for r in round_],
+                    ),
+                )
+                await conn.execute(
+                    "UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1,"
+                    " next_attempt_at_ms = u.next_at, lease_until_ms = NULL,"
+                    " updated_at_ms = %s, last_error = u.error"
+                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])"
+                    " AS u(id, tenant_id, status, next_at, error)"
+                    " WHERE d.id = u.id AND d.tenant_id = u.tenant_id",
                     (
-                        r.delivery_status,
-                        r.next_attempt_at_ms,
                         now_ms,
-                        r.last_error,
-                        r.attempt.delivery_id,
-                        r.attempt.tenant_id,
-                    )
-                    for r in ordered
-                ],
-            )
+                        ids,
+                        [r.attempt.tenant_id for r in round_],
+                        [r.delivery_status for r in round_],
+                        [r.next_attempt_at_ms for r in round_],
+                        [r.last_error for r in round_],
+                    ),
+                )
 
     async def defer(self, delivery_ids: Sequence[DeliveryId], until_ms: int) -> None:
         if delivery_ids:
@@ -253,3 +257,20 @@ async def insert_deliveries(
             for d in deliveries
         ],
     )
+
+
+def _rounds(results: Sequence[AttemptResult]) -> list[list[AttemptResult]]:
+    """Split `results` into rounds holding each delivery at most once, keeping order."""
+    rounds: list[list[AttemptResult]] = []
+    seen: list[set[str]] = []
+    for result in results:
+        delivery_id = result.attempt.delivery_id
+        for ids, round_ in zip(seen, rounds, strict=True):
+            if delivery_id not in ids:
+                ids.add(delivery_id)
+                round_.append(result)
+                break
+        else:
+            seen.append({delivery_id})
+            rounds.append([result])
+    return rounds

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from tidegate.model import Delivery, EventId, TenantId
 from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
-from tidegate.store.postgres.database import PostgresDatabase, filters, params, scalar
-from tidegate.store.postgres.deliveries import insert_deliveries, new_delivery
+from tidegate.store.postgres.database import PostgresDatabase, filters
+from tidegate.store.postgres.deliveries import new_delivery
 from tidegate.store.rows import EVENT_COLUMNS, event_row
 
 _PURGE_BATCH = 10_000
@@ -24,61 +24,80 @@ class PostgresEventStore:
     ) -> list[Delivery]:
         if not events:
             return []
-        created: list[Delivery] = []
-        # Pipelined: each phase sends every statement, then reads every answer, so a batch
-        # costs three round trips, not three per event. Statements still run in order, so
-        # a batch holding two events with one dedupe key keeps the first, as one at a time.
-        async with self._db.transaction() as conn, conn.pipeline():
-            owners = []
-            for item in events:
-                m = item.meta
-                await conn.execute(
-                    "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
-                    " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
-                    " WHERE dedupe.expires_at_ms <= %s",
-                    (m.tenant_id, m.dedupe_index, m.id, now_ms + dedupe_window_ms, now_ms),
-                )
-                owners.append(
-                    await conn.execute(
-                        "SELECT event_id FROM dedupe WHERE tenant_id = %s AND dedupe_index = %s",
-                        (m.tenant_id, m.dedupe_index),
-                    )
-                )
-            inserts = []
-            for item, owner in zip(events, owners, strict=True):
-                if await scalar(owner) != item.meta.id:
-                    continue  # a duplicate of an event kept within the window
-                m = item.meta
-                inserts.append(
-                    (
-                        item,
-                        await conn.execute(
-                            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ({params(9)})"
-                            " ON CONFLICT (tenant_id, id) DO NOTHING RETURNING id",
-                            (
-                                m.id,
-                                m.tenant_id,
-                                m.source_id,
-                                m.kind,
-                                m.type,
-                                m.name_index,
-                                m.dedupe_index,
-                                m.received_at_ms,
-                                item.ciphertext,
-                            ),
-                        ),
-                    )
-                )
-            for item, inserted in inserts:
-                if await inserted.fetchone() is None:
-                    continue  # this very event was recorded before (log replayed after a crash)
-                created.extend(
-                    new_delivery(item.meta.tenant_id, item.meta.id, destination_id, now_ms)
-                    for destination_id in item.destination_ids
-                )
-            await insert_deliveries(conn, created, lease_until_ms=now_ms + lease_ms)
-        return created
+        # Set-based: a batch costs the same few statements whatever its size (arrays and
+        # unnest), not statements per event. Within a batch the first event of a dedupe
+        # key is the candidate, as if they were recorded one at a time.
+        candidates: dict[tuple[str, bytes], RoutedEvent] = {}
+        for item in events:
+            candidates.setdefault((item.meta.tenant_id, item.meta.dedupe_index), item)
+        tenants = [t for t, _ in candidates]
+        keys = [k for _, k in candidates]
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
+                " SELECT t, k, e, %s FROM unnest(%s::text[], %s::bytea[], %s::text[]) AS u(t, k, e)"
+                " ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
+                " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
+                " WHERE dedupe.expires_at_ms <= %s",
+                (
+                    now_ms + dedupe_window_ms,
+                    tenants,
+                    keys,
+                    [item.meta.id for item in candidates.values()],
+                    now_ms,
+                ),
+            )
+            cur = await conn.execute(
+                "SELECT event_id FROM dedupe WHERE (tenant_id, dedupe_index) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::bytea[]))",
+                (tenants, keys),
+            )
+            owners = {row[0] for row in await cur.fetchall()}
+            # Events whose key this batch holds; each may still be known (a log re-read
+            # after a crash): only the ones inserted now get deliveries.
+            kept = [item for item in candidates.values() if item.meta.id in owners]
+            if not kept:
+                return []
+            planned = [
+                new_delivery(item.meta.tenant_id, item.meta.id, destination_id, now_ms)
+                for item in kept
+                for destination_id in item.destination_ids
+            ]
+            cur = await conn.execute(
+                "WITH inserted AS ("
+                f" INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM unnest(%s::text[],"
+                " %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::bytea[],"
+                " %s::bigint[], %s::bytea[]) ON CONFLICT (tenant_id, id) DO NOTHING"
+                " RETURNING tenant_id, id)"
+                " INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status,"
+                " attempts, next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms)"
+                " SELECT u.id, u.tenant_id, u.event_id, u.destination_id, 'pending', 0, %s, %s,"
+                " %s, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+                " AS u(id, tenant_id, event_id, destination_id)"
+                " WHERE (u.tenant_id, u.event_id) IN (SELECT tenant_id, id FROM inserted)"
+                " RETURNING id",
+                (
+                    [i.meta.id for i in kept],
+                    [i.meta.tenant_id for i in kept],
+                    [i.meta.source_id for i in kept],
+                    [i.meta.kind for i in kept],
+                    [i.meta.type for i in kept],
+                    [i.meta.name_index for i in kept],
+                    [i.meta.dedupe_index for i in kept],
+                    [i.meta.received_at_ms for i in kept],
+                    [i.ciphertext for i in kept],
+                    now_ms,
+                    now_ms + lease_ms,
+                    now_ms,
+                    now_ms,
+                    [d.id for d in planned],
+                    [d.tenant_id for d in planned],
+                    [d.event_id for d in planned],
+                    [d.destination_id for d in planned],
+                ),
+            )
+            created = {row[0] for row in await cur.fetchall()}
+        return [d for d in planned if d.id in created]
 
     async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
         async with self._db.transaction() as conn:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from tidegate.ids import now_ms as clock_ms
-from tidegate.model import Source, SourceId, Tenant, TenantId
+from tidegate.model import Source, SourceId, Tenant, TenantId, TransferConsent
 from tidegate.store.base import DataKey
 from tidegate.store.postgres.database import PostgresDatabase, require_tenant
-from tidegate.store.rows import SOURCE_BY_KEY_WHERE, SOURCE_COLUMNS, source_row, tenant_row
+from tidegate.store.rows import (
+    CONSENT_COLUMNS,
+    SOURCE_BY_KEY_WHERE,
+    SOURCE_COLUMNS,
+    consent_row,
+    consent_values,
+    source_row,
+    tenant_row,
+)
 
 
 class PostgresTenantStore:
@@ -132,3 +140,27 @@ class PostgresTenantStore:
                 " ON CONFLICT (tenant_id, version) DO NOTHING",
                 (tenant_id, wrapped, key_ring_id, clock_ms(), tenant_id),
             )
+
+    async def put_transfer_consent(self, consent: TransferConsent) -> None:
+        async with self._db.transaction() as conn:
+            await require_tenant(conn, consent.tenant_id)
+            await conn.execute(
+                f"INSERT INTO transfer_consents ({CONSENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant_id, region) DO UPDATE SET reference = excluded.reference,"
+                " recorded_by = excluded.recorded_by, recorded_at_ms = excluded.recorded_at_ms",
+                consent_values(consent),
+            )
+
+    async def delete_transfer_consent(self, tenant_id: TenantId, region: str) -> bool:
+        deleted = await self._db.write(
+            "DELETE FROM transfer_consents WHERE tenant_id = %s AND region = %s",
+            (tenant_id, region),
+        )
+        return bool(deleted)
+
+    async def transfer_consents(self, tenant_id: TenantId) -> list[TransferConsent]:
+        rows = await self._db.fetch_all(
+            f"SELECT {CONSENT_COLUMNS} FROM transfer_consents WHERE tenant_id = %s ORDER BY region",
+            (tenant_id,),
+        )
+        return [consent_row(r) for r in rows]

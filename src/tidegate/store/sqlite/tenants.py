@@ -6,9 +6,17 @@ import sqlite3
 
 from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import now_ms as clock_ms
-from tidegate.model import Source, SourceId, Tenant, TenantId
+from tidegate.model import Source, SourceId, Tenant, TenantId, TransferConsent
 from tidegate.store.base import DataKey
-from tidegate.store.rows import SOURCE_BY_KEY_WHERE, SOURCE_COLUMNS, source_row, tenant_row
+from tidegate.store.rows import (
+    CONSENT_COLUMNS,
+    SOURCE_BY_KEY_WHERE,
+    SOURCE_COLUMNS,
+    consent_row,
+    consent_values,
+    source_row,
+    tenant_row,
+)
 from tidegate.store.sqlite.database import require_tenant
 
 
@@ -166,3 +174,36 @@ class SqliteTenantStore:
             )
 
         await self._db.write(insert)
+
+    async def put_transfer_consent(self, consent: TransferConsent) -> None:
+        def upsert(c: sqlite3.Connection) -> None:
+            require_tenant(c, consent.tenant_id)
+            c.execute(
+                f"INSERT INTO transfer_consents ({CONSENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant_id, region) DO UPDATE SET reference = excluded.reference,"
+                " recorded_by = excluded.recorded_by, recorded_at_ms = excluded.recorded_at_ms",
+                consent_values(consent),
+            )
+
+        await self._db.write(upsert)
+
+    async def delete_transfer_consent(self, tenant_id: TenantId, region: str) -> bool:
+        deleted = await self._db.write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM transfer_consents WHERE tenant_id = ? AND region = ?",
+                    (tenant_id, region),
+                ).rowcount
+            )
+        )
+        return bool(deleted)
+
+    async def transfer_consents(self, tenant_id: TenantId) -> list[TransferConsent]:
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT {CONSENT_COLUMNS} FROM transfer_consents WHERE tenant_id = ?"
+                " ORDER BY region",
+                (tenant_id,),
+            ).fetchall()
+        )
+        return [consent_row(r) for r in rows]
