@@ -6,6 +6,8 @@ Every operation takes the tenant id from its caller (the credential, or the oper
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from msgspec import UNSET, UnsetType
 
@@ -152,13 +154,7 @@ async def create_snowflake_destination(
     the host it derives from the account (or the configured host).
     """
     tenant = await require_tenant(rt, tenant_id)
-    check_config(config)
-    if config.region != tenant.region:
-        raise ValidationFailed(
-            f"snowflake.region {config.region!r} is not the tenant's region"
-            f" {tenant.region!r}: a tenant's events are loaded only into an account in"
-            " its own region"
-        )
+    _check_snowflake(tenant, config)
     private_key_der(private_key_pem)
     transform = await _check_settings(
         rt,
@@ -170,7 +166,7 @@ async def create_snowflake_destination(
     )
     destination_id = new_destination_id()
     cipher = await rt.envelope.cipher(tenant.id)
-    url = f"snowflake://{config.account}/{config.database}.{config.schema}.{config.table}"
+    url = _snowflake_url(config)
     destination = Destination(
         id=destination_id,
         tenant_id=tenant.id,
@@ -186,6 +182,22 @@ async def create_snowflake_destination(
     )
     await rt.store.destinations.create_destination(destination)
     return destination
+
+
+def _check_snowflake(tenant: Tenant, config: SnowflakeConfig) -> None:
+    """Validate a snowflake destination's settings: creation and every update go through
+    here, so an update is refused exactly as the same settings would be at creation."""
+    check_config(config)
+    if config.region != tenant.region:
+        raise ValidationFailed(
+            f"snowflake.region {config.region!r} is not the tenant's region"
+            f" {tenant.region!r}: a tenant's events are loaded only into an account in"
+            " its own region"
+        )
+
+
+def _snowflake_url(config: SnowflakeConfig) -> str:
+    return f"snowflake://{config.account}/{config.database}.{config.schema}.{config.table}"
 
 
 async def _check_settings(
@@ -232,6 +244,29 @@ async def _require_destination(rt: Runtime, tenant: Tenant, destination_id: str)
     return found
 
 
+class SnowflakeChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """A partial change to a snowflake destination's settings: a field left UNSET keeps
+    its value; None clears an override (host, port, protocol). `private_key` (PEM)
+    replaces the key pair's private key."""
+
+    account: str | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    role: str | UnsetType = UNSET
+    warehouse: str | UnsetType = UNSET
+    database: str | UnsetType = UNSET
+    schema: str | UnsetType = UNSET
+    table: str | UnsetType = UNSET
+    region: str | UnsetType = UNSET
+    host: str | UnsetType | None = UNSET
+    port: int | UnsetType | None = UNSET
+    protocol: str | UnsetType | None = UNSET
+    private_key: str | UnsetType = UNSET
+
+    def given(self) -> dict[str, Any]:
+        """The fields to change, by name."""
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not UNSET}
+
+
 class DestinationChanges(msgspec.Struct, frozen=True, kw_only=True):
     """A partial update: a field left UNSET keeps its value; None clears an optional one
     (a cleared name falls back to the URL, as at creation)."""
@@ -244,6 +279,7 @@ class DestinationChanges(msgspec.Struct, frozen=True, kw_only=True):
     retry_4xx: bool | UnsetType = UNSET
     timeout_s: float | UnsetType | None = UNSET
     is_enabled: bool | UnsetType = UNSET
+    snowflake: SnowflakeChanges | UnsetType = UNSET
 
 
 async def update_destination(
@@ -251,6 +287,9 @@ async def update_destination(
 ) -> Destination:
     """Apply `changes`, re-validating the result as creation does (422, nothing changed).
 
+    A snowflake destination's settings and private key change in one write (the key
+    stored encrypted, as at creation); workers load with them within seconds, each row
+    batched before the change still loading under the settings it was batched with.
     Enabling a disabled destination clears its disabled reason; new events reach it
     again (its dead letters stay dead until replayed). Disabling dead-letters what it
     had pending, as a 410 does.
@@ -262,6 +301,9 @@ async def update_destination(
     is_webhook = current.kind is DestinationKind.WEBHOOK
     if not is_webhook and "url" in given:
         raise ValidationFailed(f"a {current.kind} destination has no url to change")
+    new_key: str | None = None
+    if "snowflake" in given:
+        given, new_key = _snowflake_changes(tenant, current, given)
     merged = msgspec.structs.replace(current, **given)
     transform = await _check_settings(
         rt,
@@ -283,13 +325,41 @@ async def update_destination(
         status=status,
         disabled_reason=reason,
     )
-    if not await rt.store.destinations.update_destination(updated):
+    secret_ciphertext = None
+    if new_key is not None:
+        cipher = await rt.envelope.cipher(tenant.id)
+        secret_ciphertext = cipher.encrypt(new_key.encode(), _secret_purpose(current.id))
+    # Settings and key in one write: a loader never pairs the new account with the old key.
+    if not await rt.store.destinations.update_destination(
+        updated, secret_ciphertext=secret_ciphertext
+    ):
         raise NotFound(f"no destination {destination_id}")
     if current.status is DestinationStatus.ENABLED and status is DestinationStatus.DISABLED:
         await rt.store.deliveries.dead_letter_pending(
             tenant.id, current.id, "destination disabled", now_ms=now_ms()
         )
     return updated
+
+
+def _snowflake_changes(
+    tenant: Tenant, current: Destination, given: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """`given` with its snowflake changes applied to the current settings and validated
+    as at creation (the url follows; so does a name that was the url), and the new
+    private key, if one was given."""
+    changes = given.pop("snowflake")
+    if current.snowflake is None or not isinstance(changes, SnowflakeChanges):
+        raise ValidationFailed(f"a {current.kind} destination has no snowflake settings")
+    fields = changes.given()
+    key: str | None = fields.pop("private_key", None)
+    config = msgspec.structs.replace(current.snowflake, **fields)
+    _check_snowflake(tenant, config)
+    if key is not None:
+        private_key_der(key)
+    url = _snowflake_url(config)
+    if current.name == current.url and "name" not in given:
+        given["name"] = url
+    return given | {"snowflake": config, "url": url}, key
 
 
 async def delete_destination(rt: Runtime, tenant_id: str, destination_id: str) -> int:

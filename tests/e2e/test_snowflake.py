@@ -4,6 +4,7 @@ Snowflake connector, and fakesnow's server standing in for the warehouse."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -358,3 +359,178 @@ def test_a_row_snowflake_refuses_is_a_dead_letter_and_the_rest_of_its_batch_land
     ids = [m for (m,) in _query(warehouse, f"SELECT message_id FROM {narrow}")]  # noqa: S608
     assert sorted(ids) == sorted(f"{run}-{n}" for n in range(12))
     assert _deliveries(t, narrow_id, "dead") == []
+
+
+def _patch(t: TenantHandle, destination_id: str, body: dict[str, Any]) -> requests.Response:
+    return requests.patch(
+        t.tg.base + f"/v1/destinations/{destination_id}",
+        json=body,
+        headers={"authorization": f"Bearer {t.api_key}"},
+        timeout=10,
+    )
+
+
+def _message_ids(warehouse: dict[str, Any], table: str) -> list[str]:
+    try:
+        return [m for (m,) in _query(warehouse, f"SELECT message_id FROM {table}")]  # noqa: S608
+    except snowflake.connector.ProgrammingError:
+        return []  # not created yet
+
+
+def test_a_patched_table_takes_new_events_while_none_is_lost_or_loaded_twice(
+    tidegate: Tidegate, warehouse: dict[str, Any], key_file: Path
+) -> None:
+    # Given a snowflake destination loading into OLD while a client sends 120 events
+    t = tidegate.tenant()
+    old, new = f"OLD_{time.monotonic_ns()}", f"NEW_{time.monotonic_ns()}"
+    created = _create(
+        t,
+        {
+            "kind": "snowflake",
+            "retry_schedule": "0,1s*30",
+            "snowflake": _settings(warehouse, old, key_file),
+        },
+    )
+    assert created.status_code == 201, created.text
+    dest_id = created.json()["id"]
+    sent: list[str] = []
+
+    def send() -> None:
+        for n in range(120):
+            mid = f"move-{n}-{uuid.uuid4().hex[:8]}"
+            body = {"userId": "u1", "event": "Move", "messageId": mid}
+            r = requests.post(
+                tidegate.base + "/v1/track", json=body, auth=(t.write_key, ""), timeout=10
+            )
+            assert r.status_code == 200
+            sent.append(mid)
+            time.sleep(0.025)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+
+    # When, mid-stream, the table is changed through the API
+    wait_until(lambda: len(sent) >= 40, timeout=30)
+    r = _patch(t, dest_id, {"snowflake": {"table": new}})
+    assert r.status_code == 200, r.text
+    assert r.json()["snowflake"]["table"] == new and "PRIVATE KEY" not in r.text
+    assert r.json()["url"].endswith(f"/{DATABASE}.{SCHEMA}.{new}")
+    sender.join(timeout=60)
+    assert len(sent) == 120
+    time.sleep(3)  # longer than a worker's destination cache (2 s): every worker has switched
+    late = f"late-{uuid.uuid4().hex[:8]}"
+    assert t.track("Move", messageId=late).status_code == 200
+
+    # Then every event is in exactly one of the two tables, exactly once; the later ones in NEW
+    expected = {*sent, late}
+    wait_until(
+        lambda: set(_message_ids(warehouse, old)) | set(_message_ids(warehouse, new)) >= expected,
+        timeout=30,
+    )
+    in_old, in_new = _message_ids(warehouse, old), _message_ids(warehouse, new)
+    assert len(in_old) == len(set(in_old)) and len(in_new) == len(set(in_new))
+    assert not set(in_old) & set(in_new)
+    assert set(in_old) | set(in_new) == expected
+    assert late in in_new and in_old and sent[0] in in_old
+    assert len(_deliveries(t, dest_id, "succeeded")) == 121
+
+    # And the change is audited, naming what changed but not the values
+    (record,) = [
+        r for r in t.get("/v1/audit").json()["data"] if r["action"] == "destination.update"
+    ]
+    assert record["resource"] == dest_id and record["detail"] == "snowflake.table"
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"region": "us"}, "region"),
+        ({"table": "EVENTS; DROP TABLE X"}, "snowflake.table"),
+        ({"account": "acct/../x"}, "snowflake.account"),
+        ({"private_key": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"}, "PEM"),
+    ],
+)
+def test_a_refused_settings_change_is_a_422_and_changes_nothing(
+    tidegate: Tidegate, warehouse: dict[str, Any], key_file: Path, change: dict[str, str], says: str
+) -> None:
+    t = tidegate.tenant()
+    created = _create(t, {"kind": "snowflake", "snowflake": _settings(warehouse, "KEEP", key_file)})
+    dest_id = created.json()["id"]
+    r = _patch(t, dest_id, {"snowflake": change})
+    assert r.status_code == 422, r.text
+    assert says in r.json()["detail"]
+    unchanged = {k: v for k, v in created.json().items() if k != "secret"}
+    assert t.get(f"/v1/destinations/{dest_id}").json() == unchanged
+
+
+def test_a_webhook_has_no_snowflake_settings_to_patch(
+    tidegate: Tidegate, receiver: Receiver
+) -> None:
+    t = tidegate.tenant()
+    hook = t.destination(receiver.url("/no-snowflake"))
+    r = _patch(t, hook["id"], {"snowflake": {"table": "X"}})
+    assert r.status_code == 422 and "no snowflake settings" in r.json()["detail"]
+
+
+def test_the_cli_changes_table_and_key_and_keeps_the_key_encrypted(
+    tidegate: Tidegate, warehouse: dict[str, Any], key_file: Path, tmp_path: Path
+) -> None:
+    # Given a snowflake destination made with the CLI, loading into FIRST
+    t = tidegate.tenant()
+    first, second = f"FIRST_{time.monotonic_ns()}", f"SECOND_{time.monotonic_ns()}"
+    dest = tidegate.cli(
+        "destinations", "create", "--tenant", t.id, "--kind", "snowflake",
+        "--snowflake-account", "acme-eu", "--snowflake-user", "TIDEGATE",
+        "--snowflake-role", "LOADER", "--snowflake-warehouse", "LOADING",
+        "--snowflake-database", DATABASE, "--snowflake-schema", SCHEMA,
+        "--snowflake-table", first, "--snowflake-region", "eu",
+        "--snowflake-private-key-file", str(key_file),
+        "--snowflake-host", warehouse["host"], "--snowflake-port", str(warehouse["port"]),
+        "--snowflake-protocol", "http",
+    )  # fmt: skip
+    assert t.track("Before", messageId="cli-before").status_code == 200
+    wait_until(lambda: _message_ids(warehouse, first) == ["cli-before"], timeout=30)
+
+    # When an operator moves it to SECOND with a new key
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = new_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    new_key_file = tmp_path / "new_key.p8"
+    new_key_file.write_bytes(pem)
+    out = tidegate.cli(
+        "destinations", "update", "--tenant", t.id, "--destination", dest["id"],
+        "--snowflake-table", second, "--snowflake-private-key-file", str(new_key_file),
+    )  # fmt: skip
+
+    # Then the output names the new table and never the key, and new events land there
+    assert out["url"].endswith(f".{second}") and "PRIVATE KEY" not in json.dumps(out)
+    time.sleep(3)  # longer than a worker's destination cache (2 s)
+    assert t.track("After", messageId="cli-after").status_code == 200
+    wait_until(lambda: _message_ids(warehouse, second) == ["cli-after"], timeout=30)
+    assert _message_ids(warehouse, first) == ["cli-before"]
+    assert any(
+        '"loader.reconfigured"' in line and dest["id"] in line
+        for line in tidegate.logs().splitlines()
+    )
+
+    # And the key is stored encrypted: no line of it is in any file of the data dir
+    secret_line = pem.decode().splitlines()[5].encode()
+    for path in tidegate.data_dir.rglob("*"):
+        if path.is_file():
+            assert secret_line not in path.read_bytes(), path
+
+    # And the change is audited with what changed (not the values)
+    records = tidegate.cli("audit", "list", "--tenant", t.id)
+    (record,) = [r for r in records if r["action"] == "destination.update"]
+    assert record["resource"] == dest["id"] and record["actor"].startswith("cli:")
+    assert record["detail"] == "snowflake.private_key, snowflake.table"
+
+    # And a change the creation would refuse is refused, nothing changed
+    refused = tidegate.cli(
+        "destinations", "update", "--tenant", t.id, "--destination", dest["id"],
+        "--snowflake-region", "us", check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "region" in refused.stderr
+    (listed,) = tidegate.cli("destinations", "list", "--tenant", t.id)
+    assert listed["url"].endswith(f".{second}")

@@ -6,7 +6,7 @@ id is a plain 404. Every change is written to the audit log before the answer, a
 credentials (write keys, signing secrets) appear in a response only when minted.
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, field_validator
@@ -58,6 +58,44 @@ class KeyRotated(BaseModel):
     )
 
 
+class SnowflakePatch(Strict):
+    """Only the settings given change (validated as at creation); null clears host, port
+    or protocol."""
+
+    account: str | None = None
+    user: str | None = None
+    role: str | None = None
+    warehouse: str | None = None
+    database: str | None = None
+    schema_name: str | None = Field(None, alias="schema")
+    table: str | None = Field(None, description="Created if missing at the next load")
+    region: str | None = Field(None, description="Must stay the tenant's (422 if not)")
+    private_key: str | None = Field(
+        None,
+        description="A new unencrypted PEM private key. Stored encrypted; never returned.",
+    )
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    protocol: Literal["https", "http"] | None = None
+
+    @field_validator(
+        "account", "user", "role", "warehouse", "database", "schema_name", "table", "region",
+        "private_key",
+    )  # fmt: skip
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may be left out, but not null")
+        return value
+
+    def changes(self) -> admin.SnowflakeChanges:
+        return admin.SnowflakeChanges(**self.model_dump(exclude_unset=True, by_alias=True))
+
+    def changed(self) -> list[str]:
+        """The names of the settings given, for the audit record (never their values)."""
+        return sorted("schema" if f == "schema_name" else f for f in self.model_fields_set)
+
+
 class DestinationPatch(Strict):
     """Only the fields given change; null clears an optional field."""
 
@@ -71,8 +109,11 @@ class DestinationPatch(Strict):
     enabled: bool | None = Field(
         None, description="true re-enables a disabled destination and clears its reason"
     )
+    snowflake: SnowflakePatch | None = Field(
+        None, description="A snowflake destination's settings to change (the rest stay)"
+    )
 
-    @field_validator("url", "retry_4xx", "enabled")
+    @field_validator("url", "retry_4xx", "enabled", "snowflake")
     @classmethod
     def _not_null(cls, value: object) -> object:
         # Validators skip defaults: this refuses only an explicit null, which would not
@@ -171,14 +212,23 @@ def build_manage_router(runtime: Runtime, auth: Authenticator, access: AccessAud
         its reason: new events reach it again; its dead letters stay until replayed.
         `enabled: false` disables it and dead-letters what it had pending. Workers
         pick the change up within a few seconds.
+
+        `snowflake` changes a snowflake destination's settings or private key (stored
+        encrypted, never returned), validated as at creation: the account's region must
+        stay the tenant's (422). The loader reconnects with the new settings; rows
+        already batched load under the old ones, so none is lost or loaded twice.
         """
-        given: dict[str, Any] = body.model_dump(exclude_unset=True)
+        given: dict[str, Any] = body.model_dump(exclude_unset=True, exclude={"snowflake"})
         if "enabled" in given:
             given["is_enabled"] = given.pop("enabled")
+        fields = sorted(body.model_fields_set - {"snowflake"})
+        if body.snowflake is not None:
+            given["snowflake"] = body.snowflake.changes()
+            fields += [f"snowflake.{f}" for f in body.snowflake.changed()]
         updated = await admin.update_destination(
             runtime, caller.tenant.id, destination_id, admin.DestinationChanges(**given)
         )
-        changed = ", ".join(sorted(body.model_fields_set)) or "nothing"
+        changed = ", ".join(fields) or "nothing"
         await access.allowed(caller, "destination.update", destination_id, detail=changed)
         return destination_out(updated)
 

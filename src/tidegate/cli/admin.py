@@ -332,6 +332,7 @@ def destinations_list(tenant: str, as_json: bool) -> None:
     default=None,
     help="Enabling clears the disabled reason; disabling dead-letters what is pending.",
 )
+@_snowflake_options
 @json_option
 def destinations_update(
     tenant: str,
@@ -345,8 +346,14 @@ def destinations_update(
     timeout_s: float | None,
     is_enabled: bool | None,
     as_json: bool,
+    **snowflake: Any,
 ) -> None:
-    """Change a destination; validated as at creation (nothing changes if refused)."""
+    """Change a destination; validated as at creation (nothing changes if refused).
+
+    A snowflake destination takes the --snowflake-* options of `create` (the private key
+    is stored encrypted and never printed); --snowflake-host "" and --snowflake-protocol
+    "" clear those overrides, --snowflake-port 0 clears the port.
+    """
     given: dict[str, Any] = {
         "url": url,
         "name": name,
@@ -361,11 +368,18 @@ def destinations_update(
     ):
         if value is not None:
             given[field] = value or None  # "" clears it
-    changes = admin.DestinationChanges(**{k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    fields = sorted(given)
+    snowflake_changes = _snowflake_changes(snowflake)
+    if snowflake_changes is not None:
+        given["snowflake"] = snowflake_changes
+        fields += [f"snowflake.{f}" for f in sorted(snowflake_changes.given())]
+    changes = admin.DestinationChanges(**given)
     updated = run(
         lambda rt: admin.update_destination(rt, tenant, destination_id, changes),
         audited="destination.update",
         target=lambda _: (tenant, destination_id),
+        detail=", ".join(fields) or "nothing",
     )
     emit(
         {
@@ -378,6 +392,21 @@ def destinations_update(
         as_json,
         f"destination {updated.id}  {updated.status.value}  {updated.url}",
     )
+
+
+def _snowflake_changes(options: dict[str, Any]) -> admin.SnowflakeChanges | None:
+    """The --snowflake-* options given to `update`, as changes (None: none given)."""
+    given: dict[str, Any] = {
+        f: options[f"snowflake_{f}"] for f in _SNOWFLAKE_FIELDS if options[f"snowflake_{f}"]
+    }
+    for field in ("host", "protocol", "port"):
+        value = options[f"snowflake_{field}"]
+        if value is not None:
+            given[field] = value or None  # "" (or port 0) clears the override
+    key_file: Path | None = options["snowflake_private_key_file"]
+    if key_file is not None:
+        given["private_key"] = key_file.read_text()
+    return admin.SnowflakeChanges(**given) if given else None
 
 
 @destinations.command("delete")

@@ -28,11 +28,13 @@ def run(
     *,
     audited: str | None = None,
     target: Callable[[T], tuple[str | None, str | None]] | None = None,
+    detail: str | None = None,
 ) -> T:
     """Open the engines, run `action`, close them; errors exit 1 with their detail.
 
-    A change names itself with `audited` (the action) and `target` (result -> tenant
-    id and resource): it is recorded in the audit log before its result is printed.
+    A change names itself with `audited` (the action), `target` (result -> tenant id
+    and resource) and optionally `detail` (e.g. which fields changed, never values): it
+    is recorded in the audit log before its result is printed.
     """
     settings = load_settings()
 
@@ -42,7 +44,7 @@ def run(
             result = await action(runtime)
             if audited is not None:
                 tenant_id, resource = target(result) if target else (None, None)
-                await record(runtime, audited, tenant_id, resource)
+                await record(runtime, audited, tenant_id, resource, detail)
             return result
         finally:
             await runtime.aclose()

@@ -171,10 +171,15 @@ class DestinationStore(Protocol):
         reason: str | None,
     ) -> None: ...
 
-    async def update_destination(self, destination: Destination) -> bool:
+    async def update_destination(
+        self, destination: Destination, *, secret_ciphertext: bytes | None = None
+    ) -> bool:
         """Store the configuration and status of `destination` (found by its tenant and
-        id): name, url, filter, transform, retry schedule, retry_4xx, timeout, status and
-        disabled reason. Its secrets and creation time are left alone. False if absent."""
+        id): name, url, filter, transform, retry schedule, retry_4xx, timeout, status,
+        disabled reason and snowflake config. Its kind and creation time are left alone,
+        and its secrets too unless `secret_ciphertext` is given: then it becomes the
+        current secret in the same statement (a snowflake key changed with its
+        settings). False (and nothing changed) if absent."""
         ...
 
     async def delete_destination(self, tenant_id: TenantId, destination_id: DestinationId) -> bool:

@@ -59,10 +59,11 @@ DESTINATION_COLUMNS = (
     "id, tenant_id, name, url, secret_ct, filter, transform, retry_schedule, retry_4xx,"
     " timeout_s, status, disabled_reason, created_at_ms, kind, config"
 )
-# What update_destination writes: everything but the id, tenant, secrets and creation time.
+# What update_destination writes: everything but the id, tenant, kind, secrets and
+# creation time (a snowflake destination's config included).
 DESTINATION_SETTINGS = (
     "name", "url", "filter", "transform", "retry_schedule", "retry_4xx", "timeout_s", "status",
-    "disabled_reason",
+    "disabled_reason", "config",
 )  # fmt: skip
 SOURCE_COLUMNS = "id, tenant_id, name, created_at_ms"
 # A live source by its key, or by the key a rotation replaced while the overlap lasts.
@@ -102,19 +103,22 @@ _decode_snowflake = msgspec.json.Decoder(SnowflakeConfig).decode
 
 def destination_values(d: Destination) -> tuple[Any, ...]:
     """The values of DESTINATION_COLUMNS, in order (retry_4xx as a bool, config as JSON)."""
-    config = _encode_config(d.snowflake).decode() if d.snowflake is not None else None
     return (
         d.id, d.tenant_id, d.name, d.url, d.secret_ciphertext, d.filter, d.transform,
         d.retry_schedule, d.retry_4xx, d.timeout_s, d.status.value, d.disabled_reason,
-        d.created_at_ms, d.kind.value, config,
+        d.created_at_ms, d.kind.value, _config_json(d),
     )  # fmt: skip
 
 
+def _config_json(d: Destination) -> str | None:
+    return _encode_config(d.snowflake).decode() if d.snowflake is not None else None
+
+
 def destination_settings(d: Destination) -> tuple[Any, ...]:
-    """The values of DESTINATION_SETTINGS, in order (retry_4xx as a bool)."""
+    """The values of DESTINATION_SETTINGS, in order (retry_4xx as a bool, config as JSON)."""
     return (
         d.name, d.url, d.filter, d.transform, d.retry_schedule, d.retry_4xx, d.timeout_s,
-        d.status.value, d.disabled_reason,
+        d.status.value, d.disabled_reason, _config_json(d),
     )  # fmt: skip
 
 

@@ -72,12 +72,14 @@ class PostgresDestinationStore:
             (status.value, reason, tenant_id, destination_id),
         )
 
-    async def update_destination(self, destination: Destination) -> bool:
+    async def update_destination(
+        self, destination: Destination, *, secret_ciphertext: bytes | None = None
+    ) -> bool:
         d = destination
         changed = await self._db.write(
-            f"UPDATE destinations SET {set_clause(DESTINATION_SETTINGS, '%s')}"
-            " WHERE tenant_id = %s AND id = %s",
-            (*destination_settings(d), d.tenant_id, d.id),
+            f"UPDATE destinations SET {set_clause(DESTINATION_SETTINGS, '%s')},"
+            " secret_ct = COALESCE(%s, secret_ct) WHERE tenant_id = %s AND id = %s",
+            (*destination_settings(d), secret_ciphertext, d.tenant_id, d.id),
         )
         return bool(changed)
 

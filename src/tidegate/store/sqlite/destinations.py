@@ -86,14 +86,17 @@ class SqliteDestinationStore:
             )
         )
 
-    async def update_destination(self, destination: Destination) -> bool:
+    async def update_destination(
+        self, destination: Destination, *, secret_ciphertext: bytes | None = None
+    ) -> bool:
         d = destination
         assignments = set_clause(DESTINATION_SETTINGS, "?")
         changed = await self._db.write(
             lambda c: (
                 c.execute(
-                    f"UPDATE destinations SET {assignments} WHERE tenant_id = ? AND id = ?",
-                    (*destination_settings(d), d.tenant_id, d.id),
+                    f"UPDATE destinations SET {assignments}, secret_ct = COALESCE(?, secret_ct)"
+                    " WHERE tenant_id = ? AND id = ?",
+                    (*destination_settings(d), secret_ciphertext, d.tenant_id, d.id),
                 ).rowcount
             )
         )
