@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from tidegate import transfers
 from tidegate.destinations.snowflake import check_config, private_key_der
 from tidegate.errors import MisdirectedRequest, NotFound, ValidationFailed
 from tidegate.ids import (
@@ -37,9 +38,8 @@ from tidegate.model import (
 from tidegate.pipeline.retry import RetrySchedule
 from tidegate.pipeline.transform import Filter, Transform
 from tidegate.runtime import Runtime
-from tidegate.settings import Settings
+from tidegate.settings import REGIONS, Settings
 
-REGIONS = ("eu", "us")
 MAX_KEY_OVERLAP_S = 86_400
 MAX_SECRET_OVERLAP_S = 7 * 86_400
 
@@ -148,13 +148,14 @@ async def create_snowflake_destination(
 ) -> Destination:
     """A destination loading one row per event into a Snowflake table.
 
-    The account must be in the tenant's region (422 otherwise: events do not leave
-    it). The private key (PEM, key-pair authentication) is stored encrypted as a
-    webhook secret is, and is never shown again. No SSRF check: the connector talks to
-    the host it derives from the account (or the configured host).
+    The account must be in the tenant's region, or in one the tenant has recorded its
+    consent to transfer events to (422 otherwise; see tidegate.transfers). The private
+    key (PEM, key-pair authentication) is stored encrypted as a webhook secret is, and
+    is never shown again. No SSRF check: the connector talks to the host it derives
+    from the account (or the configured host).
     """
     tenant = await require_tenant(rt, tenant_id)
-    _check_snowflake(tenant, config)
+    await _check_snowflake(rt, tenant, config)
     private_key_der(private_key_pem)
     transform = await _check_settings(
         rt,
@@ -184,16 +185,12 @@ async def create_snowflake_destination(
     return destination
 
 
-def _check_snowflake(tenant: Tenant, config: SnowflakeConfig) -> None:
+async def _check_snowflake(rt: Runtime, tenant: Tenant, config: SnowflakeConfig) -> None:
     """Validate a snowflake destination's settings: creation and every update go through
-    here, so an update is refused exactly as the same settings would be at creation."""
+    here, so an update is refused exactly as the same settings would be at creation.
+    The account must be in the tenant's region, or one the tenant consented to."""
     check_config(config)
-    if config.region != tenant.region:
-        raise ValidationFailed(
-            f"snowflake.region {config.region!r} is not the tenant's region"
-            f" {tenant.region!r}: a tenant's events are loaded only into an account in"
-            " its own region"
-        )
+    await transfers.check_region(rt, tenant, config.region, "snowflake.region")
 
 
 def _snowflake_url(config: SnowflakeConfig) -> str:
@@ -303,7 +300,7 @@ async def update_destination(
         raise ValidationFailed(f"a {current.kind} destination has no url to change")
     new_key: str | None = None
     if "snowflake" in given:
-        given, new_key = _snowflake_changes(tenant, current, given)
+        given, new_key = await _snowflake_changes(rt, tenant, current, given)
     merged = msgspec.structs.replace(current, **given)
     transform = await _check_settings(
         rt,
@@ -318,6 +315,9 @@ async def update_destination(
         status, reason = DestinationStatus.ENABLED, None
     elif is_enabled is False and status is DestinationStatus.ENABLED:
         status, reason = DestinationStatus.DISABLED, "disabled by the tenant"
+    if is_enabled is True and merged.snowflake is not None:
+        # Re-enabling one disabled by a consent withdrawal needs the consent again.
+        await transfers.check_region(rt, tenant, merged.snowflake.region, "snowflake.region")
     updated = msgspec.structs.replace(
         merged,
         name=merged.name or merged.url,
@@ -341,8 +341,8 @@ async def update_destination(
     return updated
 
 
-def _snowflake_changes(
-    tenant: Tenant, current: Destination, given: dict[str, Any]
+async def _snowflake_changes(
+    rt: Runtime, tenant: Tenant, current: Destination, given: dict[str, Any]
 ) -> tuple[dict[str, Any], str | None]:
     """`given` with its snowflake changes applied to the current settings and validated
     as at creation (the url follows; so does a name that was the url), and the new
@@ -353,7 +353,7 @@ def _snowflake_changes(
     fields = changes.given()
     key: str | None = fields.pop("private_key", None)
     config = msgspec.structs.replace(current.snowflake, **fields)
-    _check_snowflake(tenant, config)
+    await _check_snowflake(rt, tenant, config)
     if key is not None:
         private_key_der(key)
     url = _snowflake_url(config)

@@ -7,12 +7,13 @@ Defaults run the embedded mode with zero external services.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Region = Literal["eu", "us"]
+REGIONS: tuple[str, ...] = get_args(Region)
 
 
 class Settings(BaseSettings):

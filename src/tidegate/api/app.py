@@ -23,6 +23,7 @@ from tidegate import telemetry
 from tidegate.api import problems
 from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import SCOPES, Authenticator
+from tidegate.api.consents import build_consents_router
 from tidegate.api.demo import DemoReceiver
 from tidegate.api.ingest.accept import Ingestor
 from tidegate.api.ingest.cloudevents import BATCH, STRUCTURED, CloudEventsEndpoint
@@ -280,6 +281,7 @@ def _mount_api(
     routers = [
         build_read_router(runtime, auth, access, worker.wake if worker else _noop),
         build_manage_router(runtime, auth, access),
+        build_consents_router(runtime, auth, access),
         build_operate_router(runtime, auth, access),
     ]
     scopes: dict[tuple[str, str], str] = app.state.route_scopes

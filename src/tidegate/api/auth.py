@@ -33,6 +33,7 @@ SCOPES: dict[str, str] = {
     "destinations:write": "create, change and delete destinations; rotate their secrets",
     "sources:write": "create sources; rotate and revoke write keys",
     "replay:execute": "replay events and dead letters",
+    "transfers:write": "record and withdraw consent to load events into another region",
     "audit:read": "read the audit log",
     "usage:read": "read usage meters",
     "tidegate:admin": "operator actions across tenants (needs MFA evidence in the token)",

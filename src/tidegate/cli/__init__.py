@@ -6,6 +6,7 @@ import click
 
 from tidegate.cli.admin import apikeys, destinations, keys, sources, tenants
 from tidegate.cli.audit import audit
+from tidegate.cli.consents import consents
 from tidegate.cli.data import deliveries, events, replay, usage
 from tidegate.cli.dev import dev
 from tidegate.cli.migrate import migrate
@@ -28,6 +29,7 @@ for command in (
     sources,
     apikeys,
     destinations,
+    consents,
     keys,
     events,
     deliveries,

@@ -11,6 +11,7 @@ from tidegate import admin
 from tidegate.cli.common import emit, json_option, run
 from tidegate.model import SnowflakeConfig, TenantId
 from tidegate.runtime import Runtime
+from tidegate.settings import REGIONS
 
 
 @click.group()
@@ -20,7 +21,7 @@ def tenants() -> None:
 
 @tenants.command("create")
 @click.argument("name")
-@click.option("--region", type=click.Choice(admin.REGIONS), required=True)
+@click.option("--region", type=click.Choice(REGIONS), required=True)
 @json_option
 def tenants_create(name: str, region: str, as_json: bool) -> None:
     """Create a tenant pinned to a region; prints its id."""
