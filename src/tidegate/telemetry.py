@@ -89,16 +89,22 @@ def redact(
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    """Our structlog lines, and the standard-library records of the libraries we use
+    (librdkafka, psycopg's pool, the Snowflake connector; warnings and above) rendered
+    the same way, on stdout, redacted alike."""
     json_output = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
     )
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
+            *shared,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -108,3 +114,17 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
