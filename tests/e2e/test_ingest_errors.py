@@ -203,32 +203,6 @@ def test_missing_message_id_is_assigned(tidegate: Tidegate) -> None:
     assert events[0]["message_id"]
 
 
-def test_other_region_tenant_gets_421_and_nothing_is_written(
-    tidegate: Tidegate, tmp_path_factory: pytest.TempPathFactory, nothing_written: None
-) -> None:
-    """A us tenant's credentials sent to the eu cell: 421 naming the us endpoint."""
-    us_cell = Tidegate(tmp_path_factory.mktemp("us") / "data", region="us").start()
-    try:
-        us = us_cell.tenant(region="us")
-    finally:
-        assert us_cell.stop() == 0
-    assert us.write_key.startswith("wk_us_")
-    body = _problem(_post(tidegate, "/v1/track", _track(), key=us.write_key), 421)
-    assert body["region"] == "us" and "us" in str(body["endpoint"])
-    r = requests.post(
-        tidegate.base + "/v1/cloudevents",
-        auth=(us.write_key, ""),
-        data=json.dumps({"specversion": "1.0", "id": "1", "source": "s", "type": "t"}),
-        headers={"content-type": "application/cloudevents+json"},
-        timeout=10,
-    )
-    _problem(r, 421)
-    r = requests.get(
-        tidegate.base + "/v1/events", headers={"authorization": f"Bearer {us.api_key}"}, timeout=10
-    )
-    _problem(r, 421)
-
-
 def test_a_cell_refuses_to_create_another_regions_tenant(tidegate: Tidegate) -> None:
     done = tidegate.cli("tenants", "create", "elsewhere", "--region", "us", check=False)
     assert done.returncode == 1 and "pinned to region 'us'" in done.stderr
