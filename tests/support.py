@@ -218,6 +218,16 @@ class TenantHandle:
             self.tg.base + "/v1/track", json=body, auth=(self.write_key, ""), timeout=10
         )
 
+    def call(self, method: str, path: str, body: Any = None) -> requests.Response:
+        """`method path` with the tenant's API key, `body` as JSON."""
+        return requests.request(
+            method,
+            self.tg.base + path,
+            json=body,
+            headers={"authorization": f"Bearer {self.api_key}"},
+            timeout=10,
+        )
+
     def get(self, path: str, **params: Any) -> requests.Response:
         return requests.get(
             self.tg.base + path,

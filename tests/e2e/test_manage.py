@@ -20,16 +20,6 @@ def _path() -> str:
     return f"/{uuid.uuid4().hex}"
 
 
-def _call(t: TenantHandle, method: str, path: str, body: Any = None) -> requests.Response:
-    return requests.request(
-        method,
-        t.tg.base + path,
-        json=body,
-        headers={"authorization": f"Bearer {t.api_key}"},
-        timeout=10,
-    )
-
-
 def _ingest(tg: Tidegate, write_key: str) -> int:
     body = {"userId": "u1", "event": "Key check"}
     r = requests.post(tg.base + "/v1/track", json=body, auth=(write_key, ""), timeout=10)
@@ -52,7 +42,7 @@ def _only_source_id(t: TenantHandle) -> str:
 def test_source_lifecycle_create_list_rotate_revoke(tidegate: Tidegate) -> None:
     """A new source's key ingests; rotation retires the old key; revocation the new one."""
     t = tidegate.tenant()
-    r = _call(t, "POST", "/v1/sources", {"name": "web"})
+    r = t.call("POST", "/v1/sources", {"name": "web"})
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["name"] == "web" and created["write_key"].startswith("wk_eu_")
@@ -64,7 +54,7 @@ def test_source_lifecycle_create_list_rotate_revoke(tidegate: Tidegate) -> None:
     assert created["id"] in [s["id"] for s in listed.json()]
     assert "write_key" not in listed.text and first_key not in listed.text
 
-    r = _call(t, "POST", f"/v1/sources/{created['id']}/rotate-key")
+    r = t.call("POST", f"/v1/sources/{created['id']}/rotate-key")
     assert r.status_code == 200, r.text
     rotated = r.json()
     assert rotated["id"] == created["id"] and rotated["previous_key_expires_at"] is None
@@ -73,17 +63,17 @@ def test_source_lifecycle_create_list_rotate_revoke(tidegate: Tidegate) -> None:
     assert _ingest(tidegate, second_key) == 200
     wait_until(lambda: _ingest(tidegate, first_key) == 401, timeout=CACHE_TIMEOUT_S, interval=0.5)
 
-    assert _call(t, "DELETE", f"/v1/sources/{created['id']}").status_code == 204
+    assert t.call("DELETE", f"/v1/sources/{created['id']}").status_code == 204
     wait_until(lambda: _ingest(tidegate, second_key) == 401, timeout=CACHE_TIMEOUT_S, interval=0.5)
     assert created["id"] not in [s["id"] for s in t.get("/v1/sources").json()]
-    assert _call(t, "POST", f"/v1/sources/{created['id']}/rotate-key").status_code == 404
-    assert _call(t, "DELETE", f"/v1/sources/{created['id']}").status_code == 404
+    assert t.call("POST", f"/v1/sources/{created['id']}/rotate-key").status_code == 404
+    assert t.call("DELETE", f"/v1/sources/{created['id']}").status_code == 404
 
 
 def test_rotated_key_with_overlap_leaves_both_keys_working(tidegate: Tidegate) -> None:
     t = tidegate.tenant()
     source_id = _only_source_id(t)
-    r = _call(t, "POST", f"/v1/sources/{source_id}/rotate-key", {"overlap_s": 3600})
+    r = t.call("POST", f"/v1/sources/{source_id}/rotate-key", {"overlap_s": 3600})
     assert r.status_code == 200, r.text
     assert r.json()["previous_key_expires_at"] is not None
     # The old key was never used before, so no cache answers for it: the store does.
@@ -97,7 +87,7 @@ def test_destination_secret_rotation_signs_with_both_during_the_overlap(
     t = tidegate.tenant()
     path = _path()
     dest = t.destination(receiver.on(path, 200))
-    r = _call(t, "POST", f"/v1/destinations/{dest['id']}/rotate-secret", {})
+    r = t.call("POST", f"/v1/destinations/{dest['id']}/rotate-secret", {})
     assert r.status_code == 200, r.text
     rotated = r.json()
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != dest["secret"]
@@ -117,7 +107,7 @@ def test_destination_secret_rotation_without_overlap_signs_with_the_new_only(
     t = tidegate.tenant()
     path = _path()
     dest = t.destination(receiver.on(path, 200))
-    r = _call(t, "POST", f"/v1/destinations/{dest['id']}/rotate-secret", {"overlap_s": 0})
+    r = t.call("POST", f"/v1/destinations/{dest['id']}/rotate-secret", {"overlap_s": 0})
     assert r.status_code == 200, r.text
     assert r.json()["previous_secret_expires_at"] is None
     t.track("Signed once")
@@ -132,7 +122,7 @@ def test_previous_secret_stops_signing_when_the_overlap_ends(
     t = tidegate.tenant()
     path = _path()
     dest = t.destination(receiver.on(path, 200))
-    r = _call(t, "POST", f"/v1/destinations/{dest['id']}/rotate-secret", {"overlap_s": 1})
+    r = t.call("POST", f"/v1/destinations/{dest['id']}/rotate-secret", {"overlap_s": 1})
     new_secret = r.json()["secret"]
 
     def delivered_with_one_signature() -> Received | None:
@@ -155,7 +145,7 @@ def test_patch_re_enables_a_410_disabled_destination(
     t.track("Before")
     wait_until(lambda: t.get(f"/v1/destinations/{dest['id']}").json()["status"] == "disabled")
 
-    r = _call(t, "PATCH", f"/v1/destinations/{dest['id']}", {"enabled": True})
+    r = t.call("PATCH", f"/v1/destinations/{dest['id']}", {"enabled": True})
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "enabled" and r.json()["disabled_reason"] is None
 
@@ -169,7 +159,7 @@ def test_patch_changes_url_and_filter(tidegate: Tidegate, receiver: Receiver) ->
     old_path, new_path = _path(), _path()
     dest = t.destination(receiver.on(old_path, 200))
     change = {"url": receiver.on(new_path, 200), "filter": "event == 'Keep'", "name": "moved"}
-    r = _call(t, "PATCH", f"/v1/destinations/{dest['id']}", change)
+    r = t.call("PATCH", f"/v1/destinations/{dest['id']}", change)
     assert r.status_code == 200, r.text
     assert {k: r.json()[k] for k in change} == change
 
@@ -178,7 +168,7 @@ def test_patch_changes_url_and_filter(tidegate: Tidegate, receiver: Receiver) ->
     (got,) = wait_until(lambda: receiver.at(new_path))
     assert got.json()["event"] == "Keep"
     assert receiver.at(old_path) == []
-    r = _call(t, "PATCH", f"/v1/destinations/{dest['id']}", {"filter": None})
+    r = t.call("PATCH", f"/v1/destinations/{dest['id']}", {"filter": None})
     assert r.status_code == 200 and r.json()["filter"] is None
 
 
@@ -198,7 +188,7 @@ def test_patch_refused_by_validation_is_422_and_changes_nothing(
     t = tidegate.tenant()
     dest = t.destination(receiver.on(_path(), 200))
     before = t.get(f"/v1/destinations/{dest['id']}").json()
-    r = _call(t, "PATCH", f"/v1/destinations/{dest['id']}", change)
+    r = t.call("PATCH", f"/v1/destinations/{dest['id']}", change)
     assert r.status_code == 422, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert t.get(f"/v1/destinations/{dest['id']}").json() == before
@@ -229,7 +219,7 @@ def test_unknown_or_invalid_fields_are_400(
 ) -> None:
     t, source_id, destination_id = owner
     before = t.get(f"/v1/destinations/{destination_id}").json()
-    r = _call(t, method, path.format(source=source_id, destination=destination_id), body)
+    r = t.call(method, path.format(source=source_id, destination=destination_id), body)
     assert r.status_code == 400, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert t.get(f"/v1/destinations/{destination_id}").json() == before
@@ -257,7 +247,7 @@ def test_another_tenants_ids_are_404(
     t, source_id, destination_id = owner
     intruder = tidegate.tenant()
     before = t.get(f"/v1/destinations/{destination_id}").json()
-    r = _call(intruder, method, path.format(source=source_id, destination=destination_id), body)
+    r = intruder.call(method, path.format(source=source_id, destination=destination_id), body)
     assert r.status_code == 404, r.text
     assert source_id not in intruder.get("/v1/sources").text
     assert t.get(f"/v1/destinations/{destination_id}").json() == before
@@ -280,7 +270,7 @@ def test_deleted_destination_gets_no_events_and_its_pending_become_dead_letters(
         ]
     )
 
-    assert _call(t, "DELETE", f"/v1/destinations/{gone['id']}").status_code == 204
+    assert t.call("DELETE", f"/v1/destinations/{gone['id']}").status_code == 204
     assert t.get(f"/v1/destinations/{gone['id']}").status_code == 404
     (dead,) = t.get("/v1/dead-letters", destination_id=gone["id"]).json()["data"]
     assert dead["last_error"] == "destination deleted"
@@ -288,18 +278,18 @@ def test_deleted_destination_gets_no_events_and_its_pending_become_dead_letters(
     t.track("Second")
     wait_until(lambda: len(receiver.at(keep_path)) == 2)
     assert len(receiver.at(gone_path)) == 1
-    assert _call(t, "DELETE", f"/v1/destinations/{gone['id']}").status_code == 404
+    assert t.call("DELETE", f"/v1/destinations/{gone['id']}").status_code == 404
 
 
 def test_every_change_is_audited(tidegate: Tidegate, receiver: Receiver) -> None:
     t = tidegate.tenant()
-    source = _call(t, "POST", "/v1/sources", {"name": "audited"}).json()
-    _call(t, "POST", f"/v1/sources/{source['id']}/rotate-key")
-    _call(t, "DELETE", f"/v1/sources/{source['id']}")
+    source = t.call("POST", "/v1/sources", {"name": "audited"}).json()
+    t.call("POST", f"/v1/sources/{source['id']}/rotate-key")
+    t.call("DELETE", f"/v1/sources/{source['id']}")
     dest = t.destination(receiver.on(_path(), 200))
-    _call(t, "PATCH", f"/v1/destinations/{dest['id']}", {"name": "renamed"})
-    _call(t, "POST", f"/v1/destinations/{dest['id']}/rotate-secret")
-    _call(t, "DELETE", f"/v1/destinations/{dest['id']}")
+    t.call("PATCH", f"/v1/destinations/{dest['id']}", {"name": "renamed"})
+    t.call("POST", f"/v1/destinations/{dest['id']}/rotate-secret")
+    t.call("DELETE", f"/v1/destinations/{dest['id']}")
     records = t.get("/v1/audit").json()["data"]
     changes = [(r["action"], r["resource"]) for r in records if r["action"] not in ("audit.read",)]
     assert changes[:7] == [

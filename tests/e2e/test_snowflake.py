@@ -14,41 +14,23 @@ from typing import Any
 import pytest
 import requests
 import snowflake.connector
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from fakesnow import server as fake_warehouse
 from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics.client import Client as SegmentClient
 
 from tests.support import Receiver, TenantHandle, Tidegate, free_port, wait_until
-
-# `fake_warehouse` is bound at import: starting a server imports the `fakesnow.server`
-# submodule, which then shadows the `fakesnow.server()` function of the same name.
-DATABASE, SCHEMA = "ANALYTICS", "RAW"
+from tests.warehouse import DATABASE, SCHEMA, fake_warehouse, private_key_pem
 
 
 @pytest.fixture(scope="module")
 def warehouse() -> Iterator[dict[str, Any]]:
-    """fakesnow's HTTP server (one in-memory database for its lifetime), its database and
-    schema created as a customer would before pointing Tidegate at them."""
     with fake_warehouse() as kwargs:
-        with snowflake.connector.connect(**kwargs) as conn:
-            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-            conn.cursor().execute(f"CREATE SCHEMA IF NOT EXISTS {DATABASE}.{SCHEMA}")
         yield kwargs
 
 
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = tmp_path_factory.mktemp("keys") / "rsa_key.p8"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    path.write_text(private_key_pem())
     return path
 
 
@@ -211,9 +193,6 @@ def test_a_batch_that_fails_is_retried_until_the_warehouse_is_back(
 
         # Then, once it is back, both load exactly once and both deliveries succeed
         with fake_warehouse(port=port) as kwargs:
-            with snowflake.connector.connect(**kwargs) as conn:
-                conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-                conn.cursor().execute(f"CREATE SCHEMA IF NOT EXISTS {DATABASE}.{SCHEMA}")
 
             def succeeded() -> int:
                 page = t.get("/v1/deliveries", destination_id=dest_id, status="succeeded").json()
@@ -492,12 +471,9 @@ def test_the_cli_changes_table_and_key_and_keeps_the_key_encrypted(
     wait_until(lambda: _message_ids(warehouse, first) == ["cli-before"], timeout=30)
 
     # When an operator moves it to SECOND with a new key
-    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = new_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = private_key_pem()
     new_key_file = tmp_path / "new_key.p8"
-    new_key_file.write_bytes(pem)
+    new_key_file.write_text(pem)
     out = tidegate.cli(
         "destinations", "update", "--tenant", t.id, "--destination", dest["id"],
         "--snowflake-table", second, "--snowflake-private-key-file", str(new_key_file),
@@ -515,7 +491,7 @@ def test_the_cli_changes_table_and_key_and_keeps_the_key_encrypted(
     )
 
     # And the key is stored encrypted: no line of it is in any file of the data dir
-    secret_line = pem.decode().splitlines()[5].encode()
+    secret_line = pem.splitlines()[5].encode()
     for path in tidegate.data_dir.rglob("*"):
         if path.is_file():
             assert secret_line not in path.read_bytes(), path

@@ -20,13 +20,10 @@ from typing import Any
 import pytest
 import requests
 import snowflake.connector
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from fakesnow import server as fake_warehouse
 
 from tests.support import TenantHandle, Tidegate, wait_until
+from tests.warehouse import DATABASE, SCHEMA, fake_warehouse, private_key_pem
 
-DATABASE, SCHEMA = "ANALYTICS", "RAW"
 CRASH_EVENTS, KILLS = 600, 5
 STEADY_EVENTS, STEADY_RATE = 200, 50.0
 
@@ -34,20 +31,12 @@ STEADY_EVENTS, STEADY_RATE = 200, 50.0
 @pytest.fixture
 def warehouse() -> Iterator[dict[str, Any]]:
     with fake_warehouse() as kwargs:
-        with snowflake.connector.connect(**kwargs) as conn:
-            conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-            conn.cursor().execute(f"CREATE SCHEMA IF NOT EXISTS {DATABASE}.{SCHEMA}")
         yield kwargs
 
 
 @pytest.fixture
 def key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
+    return private_key_pem()
 
 
 def _query(warehouse: dict[str, Any], sql: str) -> list[tuple[Any, ...]]:

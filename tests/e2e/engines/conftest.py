@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines import (
+from tests.engine_combos import (
     Engine,
     KafkaNamespace,
     LogPart,

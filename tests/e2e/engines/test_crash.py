@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.engines import Engine
+from tests.engine_combos import Engine
 from tests.support import Receiver, wait_until
 
 TOTAL = 10_000

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.engines import Engine, Part
+from tests.engine_combos import Engine, Part
 from tests.support import Receiver, wait_until
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from tests.engines import Engine
+from tests.engine_combos import Engine
 from tests.support import Tidegate
 
 
