@@ -41,8 +41,10 @@ typecheck: $(VENV)/.test-deps
 clean:
 	rm -rf $(VENV) .tidegate .pytest_cache .mypy_cache .ruff_cache
 
-## make bench: Tidegate, a webhook receiver and a baseline app on 127.0.0.1; ~3 minutes.
-## ENGINE=embedded (default), ENGINE=postgres+kafka, or ENGINE=both (side by side, ~2.5 min).
+## make bench: Tidegate, a webhook receiver and a baseline app on 127.0.0.1: every scenario,
+## including the sustained 5,000 events/s run and the 10-minute soak (~15-20 minutes).
+## SOAK=0 skips the soak (~5 min); QUICK=1 runs shorter windows without steps or soak (~2 min).
+## ENGINE=embedded (default), ENGINE=postgres+kafka, or ENGINE=both (side by side, no soak).
 ## Appends a section to docs/benchmarks.md and writes bench/results/<timestamp>.json.
 bench: $(VENV)/.test-deps
-	$(BIN)/python bench/run.py --engine $(or $(ENGINE),embedded)
+	$(BIN)/python bench/run.py --engine $(or $(ENGINE),embedded)$(if $(filter 1,$(QUICK)), --quick)$(if $(filter 0,$(SOAK)), --soak-seconds 0)

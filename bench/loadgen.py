@@ -11,6 +11,11 @@ lowering the offered rate (no coordinated omission). How late the generator itse
 dispatched each request is recorded separately (`dispatch_lag`), so a saturated
 generator cannot pass for a slow server.
 
+Long open loops (the sustained run, the soak) use `WindowedOpenLoop`: the same schedule,
+with per-window latency histograms and a bitmap of acknowledged indices instead of a
+record per event, and a cap on requests in flight, so the generator's memory stays
+bounded over any duration.
+
 Every loop is bounded by a request count and a deadline.
 """
 
@@ -19,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+from stats import Bitmap, LogHistogram
 
 OK_BODY = b'{"success":true}'
 
@@ -45,6 +53,8 @@ class Target:
     make: Callable[[int], Request]
     ok: Callable[[int, bytes], bool]
     timeout_s: float = 10.0
+    # (i, intended send time (wall clock), window) -> Request, for WindowedOpenLoop
+    make_timed: Callable[[int, float, int], Request] | None = None
 
 
 @dataclass
@@ -257,3 +267,153 @@ async def open_loop(
     result.elapsed_s = max(duration_s, time.perf_counter() - t0)
     result.ended_wall = time.time()
     return result
+
+
+# -- long open loops: per-window aggregates instead of per-event records ------------------
+
+
+def timed_track_target(base: str, write_key: str, prefix: str) -> Target:
+    """POST /v1/track, messageId = PREFIX-i, with the intended send time (`t`, wall clock)
+    and its window (`w`) in the properties: the receiver aggregates such events itself
+    (a bit per index, a latency histogram per window) instead of keeping each one."""
+    target = track_target(base, write_key, prefix)
+
+    def make_timed(i: int, intended_wall: float, window: int) -> Request:
+        mid = f"{prefix}-{i}"
+        body = (
+            f'{{"type":"track","userId":"u-{i % 1000}","event":"Bench Event",'
+            f'"messageId":"{mid}","properties":{{"i":{i},"t":{intended_wall:.6f},"w":{window}}}}}'
+        )
+        return Request(body.encode(), (mid,))
+
+    target.make_timed = make_timed
+    return target
+
+
+@dataclass
+class WindowStats:
+    """What happened to the requests due in one window of the schedule."""
+
+    due: int = 0
+    sent: int = 0
+    acked: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    ack: LogHistogram = field(default_factory=LogHistogram)
+    dispatch_lag: LogHistogram = field(default_factory=LogHistogram)
+
+
+SHED = "not sent: generator at its in-flight cap"
+
+
+class WindowedOpenLoop:
+    """`open_loop` for long runs: `rate` requests/s for `duration_s`, each due at
+    t0 + i/rate and timed from then, with bounded memory whatever the duration: latencies
+    go to per-window histograms, acknowledgements to a bitmap, and at most
+    `max_in_flight` requests are outstanding. A request due while the cap is reached is
+    not sent and counts as an error (`SHED`): a server that cannot take the rate shows up
+    as errors, and the generator's memory stays bounded. `result` can be read while it
+    runs. Stops by itself: a fixed request count, then at most `grace_s` + the request
+    timeout for the answers still outstanding."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        target: Target,
+        *,
+        name: str,
+        rate: float,
+        duration_s: float,
+        window_s: float,
+        max_in_flight: int,
+        grace_s: float = 15.0,
+    ) -> None:
+        assert target.make_timed is not None, "needs a timed target"
+        self.http, self.target, self.name = http, target, name
+        self.rate, self.duration_s, self.window_s = rate, duration_s, window_s
+        self.max_in_flight, self.grace_s = max_in_flight, grace_s
+        self.count = int(rate * duration_s)
+        self.windows: list[WindowStats] = [
+            WindowStats() for _ in range(max(1, math.ceil(duration_s / window_s)))
+        ]
+        self.acked = Bitmap(self.count)
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.unfinished = 0
+        self.started_wall = 0.0
+        self.elapsed_s = 0.0
+        self.dispatched = 0
+
+    def _window(self, i: int) -> int:
+        return min(int(i / self.rate / self.window_s), len(self.windows) - 1)
+
+    async def _one(self, i: int, intended: float, intended_wall: float) -> None:
+        w = self._window(i)
+        stats = self.windows[w]
+        stats.dispatch_lag.record(max(0.0, time.perf_counter() - intended))
+        assert self.target.make_timed is not None
+        request = self.target.make_timed(i, intended_wall, w)
+        stats.sent += 1
+        try:
+            error = await _send(self.http, self.target, request)
+        finally:
+            self.in_flight -= 1
+        if error is None:
+            stats.acked += 1
+            stats.ack.record(time.perf_counter() - intended)
+            self.acked.set(i)
+        else:
+            stats.errors[error] += 1
+
+    async def run(self) -> WindowedOpenLoop:
+        tasks: set[asyncio.Task[None]] = set()
+        t0 = time.perf_counter()
+        self.started_wall = wall0 = time.time()
+        for i in range(self.count):
+            intended = t0 + i / self.rate
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.dispatched = i + 1
+            stats = self.windows[self._window(i)]
+            stats.due += 1
+            if self.in_flight >= self.max_in_flight:
+                stats.errors[SHED] += 1
+                continue
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            task = asyncio.create_task(self._one(i, intended, wall0 + (intended - t0)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            _done, pending = await asyncio.wait(
+                set(tasks), timeout=self.grace_s + self.target.timeout_s
+            )
+            for task in pending:
+                task.cancel()
+            self.unfinished = len(pending)
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        self.elapsed_s = max(self.duration_s, time.perf_counter() - t0)
+        return self
+
+    def totals(self) -> dict[str, Any]:
+        errors: Counter[str] = Counter()
+        ack, lag = LogHistogram(), LogHistogram()
+        for stats in self.windows:
+            errors.update(stats.errors)
+            ack.update(stats.ack)
+            lag.update(stats.dispatch_lag)
+        acked = sum(s.acked for s in self.windows)
+        return {
+            "due": sum(s.due for s in self.windows),
+            "sent": sum(s.sent for s in self.windows),
+            "acked": acked,
+            "errors": dict(errors),
+            "unfinished": self.unfinished,
+            "elapsed_s": round(self.elapsed_s, 2),
+            "events_per_s": round(acked / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "ack_latency_ms": ack.summary_ms(),
+            "dispatch_lag_ms": lag.summary_ms(),
+            "peak_in_flight": self.peak_in_flight,
+            "max_in_flight": self.max_in_flight,
+        }

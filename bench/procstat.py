@@ -121,3 +121,71 @@ def _safe_cpu(pid: int) -> float | None:
         return cpu_seconds(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+class Sampler:
+    """Resident memory (VmRSS) and CPU of a few processes, and the machine's CPU, at each
+    call of `sample`: the soak's time series. CPU is the share of one core each process
+    used since the previous sample; a process that has exited reads as None."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.samples: list[dict[str, object]] = []
+        self._cpu: dict[str, float | None] = {}
+        self._machine = MachineCpu.read()
+        self._at = 0.0
+
+    def sample(self, at_s: float, phase: str) -> dict[str, object]:
+        """Read every process now; `at_s` is seconds since the start of the window."""
+        elapsed = at_s - self._at
+        row: dict[str, object] = {"t_s": round(at_s, 1), "phase": phase}
+        for name, pid in self.pids.items():
+            cpu = _safe_cpu(pid)
+            try:
+                rss: float | None = memory_mib(pid).get("VmRSS")
+            except (FileNotFoundError, ProcessLookupError):
+                rss = None
+            before = self._cpu.get(name)
+            row[name] = {
+                "rss_mib": rss,
+                "cpu_pct_of_one_core": (
+                    round(100 * (cpu - before) / elapsed)
+                    if cpu is not None and before is not None and elapsed > 0
+                    else None
+                ),
+            }
+            self._cpu[name] = cpu
+        machine = MachineCpu.read()
+        if self.samples:
+            row["machine_busy_pct"] = machine.since(self._machine)["busy_pct"]
+        self._machine, self._at = machine, at_s
+        self.samples.append(row)
+        return row
+
+
+def rss_growth(samples: Sequence[Mapping[str, object]], name: str, fit_from_s: float) -> dict:
+    """Growth of `name`'s RSS over a series of samples: a least-squares slope (MiB per
+    minute) over the samples at or after `fit_from_s`, and first / peak / last values."""
+    points = []
+    for row in samples:
+        reading = row.get(name)
+        if isinstance(reading, Mapping) and reading.get("rss_mib") is not None:
+            points.append((float(row["t_s"]), float(reading["rss_mib"])))  # type: ignore[arg-type]
+    if not points:
+        return {}
+    fit = [(t, v) for t, v in points if t >= fit_from_s]
+    slope = None
+    if len(fit) >= 3:
+        mean_t = sum(t for t, _ in fit) / len(fit)
+        mean_v = sum(v for _, v in fit) / len(fit)
+        var = sum((t - mean_t) ** 2 for t, _ in fit)
+        if var:
+            slope = 60 * sum((t - mean_t) * (v - mean_v) for t, v in fit) / var
+    return {
+        "first_mib": points[0][1],
+        "peak_mib": max(v for _, v in points),
+        "last_mib": points[-1][1],
+        "fit_from_s": fit_from_s,
+        "fit_points": len(fit),
+        "slope_mib_per_min": None if slope is None else round(slope, 3),
+    }

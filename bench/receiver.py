@@ -7,12 +7,19 @@ arrival time (time.time(), the wall clock shared with the load generator) of the
 delivery and how many times it arrived. GET /stats gives counts (optionally only for
 messageIds starting with ?prefix=); GET /stats?full=1 adds every arrival. On SIGTERM
 it writes the full record to --out and exits.
+
+Events whose properties carry `t` (intended send time, wall clock) and `w` (window
+index), sent by loadgen.WindowedOpenLoop with messageId PREFIX-i, are aggregated instead
+of recorded one by one, so a long run keeps the receiver's memory bounded: per PREFIX a
+bit per index i (delivered or not), a duplicate count, and per window a histogram of
+arrival - t. GET /compact?prefix=PREFIX gives them (&bitmap=1 adds the bitmap, base64).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import signal
@@ -22,13 +29,45 @@ from typing import Any
 
 from aiohttp import web
 from common import run_async
+from stats import Bitmap, LogHistogram
 
 _REQUIRED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _SAMPLES = 50
 
 
+class Compact:
+    """The deliveries of one prefix of a windowed run, aggregated."""
+
+    def __init__(self) -> None:
+        self.seen = Bitmap()
+        self.delivered = 0
+        self.duplicates = 0
+        self.windows: dict[int, LogHistogram] = {}
+
+    def add(self, index: int, intended_wall: float, window: int, now: float) -> None:
+        if self.seen.set(index):
+            self.duplicates += 1
+            return
+        self.delivered += 1
+        histogram = self.windows.get(window)
+        if histogram is None:
+            histogram = self.windows[window] = LogHistogram()
+        histogram.record(max(0.0, now - intended_wall))
+
+    def to_json(self, bitmap: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "delivered": self.delivered,
+            "duplicates": self.duplicates,
+            "windows": {str(w): h.to_json() for w, h in self.windows.items()},
+        }
+        if bitmap:
+            out["bitmap"] = base64.b64encode(bytes(self.seen.bits)).decode()
+        return out
+
+
 class Record:
     def __init__(self) -> None:
+        self.compact: dict[str, Compact] = {}
         self.first_arrival: dict[str, float] = {}
         self.copies: dict[str, int] = {}
         self.requests = 0
@@ -75,11 +114,23 @@ def build_app(record: Record) -> web.Application:
             headers = {h: request.headers.get(h, "") for h in _REQUIRED_HEADERS}
             record.samples.append({"headers": headers, "body": body.decode("utf-8", "replace")})
         try:
-            message_id = json.loads(body)["messageId"]
+            event = json.loads(body)
+            message_id = event["messageId"]
             if not isinstance(message_id, str):
                 raise TypeError(message_id)
         except (ValueError, KeyError, TypeError):
             record.unparseable += 1
+            return web.Response(status=204)
+        properties = event.get("properties")
+        if isinstance(properties, dict) and "w" in properties and "t" in properties:
+            prefix, _, index = message_id.rpartition("-")
+            compact = record.compact.get(prefix)
+            if compact is None:
+                compact = record.compact[prefix] = Compact()
+            try:
+                compact.add(int(index), float(properties["t"]), int(properties["w"]), now)
+            except (TypeError, ValueError):
+                record.unparseable += 1
             return web.Response(status=204)
         if message_id in record.first_arrival:
             record.copies[message_id] += 1
@@ -93,9 +144,14 @@ def build_app(record: Record) -> web.Application:
         data = record.full(prefix) if request.query.get("full") else record.counts(prefix)
         return web.json_response(data)
 
+    async def compact(request: web.Request) -> web.Response:
+        found = record.compact.get(request.query.get("prefix", ""), Compact())
+        return web.json_response(found.to_json(bool(request.query.get("bitmap"))))
+
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_post("/{tail:.*}", hook)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/compact", compact)
     return app
 
 

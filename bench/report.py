@@ -16,16 +16,19 @@ within one run drift much less.
 ## Command
 
 ```sh
-make bench                            # = .venv/bin/python bench/run.py  (about 3 minutes)
-.venv/bin/python bench/run.py --quick # about 1 minute, shorter windows
+make bench                            # = .venv/bin/python bench/run.py: everything, with the
+                                      #   10-minute soak (about 15-20 minutes)
+make bench SOAK=0                     # everything but the soak (about 5 minutes)
+make bench QUICK=1                    # = bench/run.py --quick: shorter windows, no steps, no soak
 make bench ENGINE=postgres+kafka      # = bench/run.py --engine postgres+kafka
-make bench ENGINE=both                # embedded and PostgreSQL + Kafka side by side (~2.5 min)
+make bench ENGINE=both                # embedded and PostgreSQL + Kafka side by side (no soak)
 ```
 
 `--engine` (embedded, postgres+kafka, both), `--rate`, `--e2e-seconds`, `--burst-seconds`,
-`--concurrency`, `--batch-concurrency`, `--read-rate`, `--no-docs`, `--keep-data`: see
-`bench/run.py --help`. Every run also writes every figure (and a 2-second timeline of
-scenario (c)) to `bench/results/<timestamp>.json` (git-ignored).
+`--concurrency`, `--batch-concurrency`, `--read-rate`, `--sustained-rate`,
+`--sustained-seconds`, `--step-rates`, `--soak-seconds`, `--soak-rate`, `--max-in-flight`,
+`--no-docs`, `--keep-data`: see `bench/run.py --help`. Every run also writes every figure
+(and the timelines and RSS samples) to `bench/results/<timestamp>.json` (git-ignored).
 
 ## Method
 
@@ -72,6 +75,16 @@ API keys and the destination are created with the `tidegate` CLI.
   times is not more than twice (and 0.5 s above) that of the first.
 - **(d) read API**: `GET /v1/events?limit=20` with the API key, open loop at 20 req/s,
   while (c) runs.
+- **(c) steps and (c) sustained**: the end-to-end scenario at rising rates (1,200, 2,400,
+  3,600 events/s, 10 s each, stopping at the first that does not keep up), then at the
+  issue's target rate (5,000 events/s, 30 s) whatever the steps gave. Events carry their
+  intended send time; the receiver and the generator aggregate (a bit per event for the
+  ledger, latency histograms with 1%-wide buckets per window), and at most 4,096 requests
+  are in flight: one due beyond that is not sent and counts as an error.
+- **(e) soak**: the same at 5,000 events/s for 10 minutes; RSS (VmRSS) and CPU of
+  Tidegate, the receiver and the generator every 10 s; per-minute table; growth as a
+  linear fit over the last 8 minutes and as the end minus minute 2; ledger after a wait
+  of up to 180 s.
 - The scenarios run in this order against one Tidegate process: (c) and (d) run
   against a store that already holds the events of (a) and (b).
 - **Resources**: CPU seconds of each process from `/proc/<pid>/stat` (utime + stime)
@@ -224,6 +237,9 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
             f" {plan['e2e_s']:g} s | {_n(d['requests_per_s'], 1)} req/s"
             f" | {_lat(d['latency_ms'])} | {_errors(d)} |"
         )
+    for key, label in (("c_sustained", "(c) sustained"), ("e_soak", "(e) soak")):
+        if key in s:
+            lines += _windowed_rows(label, s[key])
     lines.append("")
     if "c_e2e" in s:
         c = s["c_e2e"]
@@ -295,6 +311,7 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
                 + ".",
                 "",
             ]
+    lines += _long_runs(plan, s, base)
     catch = [
         f"{label} {s[k].get('router_catch_up_s')} s"
         for k, label in (("a_track", "(a)"), ("b_batch", "(b)"))
@@ -314,7 +331,21 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
         ("b_batch", "(b) batch", "tidegate"),
         ("c_e2e", "(c)+(d) end to end, while sending", "tidegate"),
         ("c_drain", "(c) after sending: remaining deliveries", "tidegate"),
+        ("c_sustained", "(c) sustained, while sending", "tidegate"),
+        ("sustained_drain", "(c) sustained, after sending", "tidegate"),
+        ("e_soak", "(e) soak, while sending", "tidegate"),
+        ("soak_drain", "(e) soak, after sending", "tidegate"),
     ]
+    for key, drain_key in (("c_sustained", "sustained_drain"), ("e_soak", "soak_drain")):
+        if key in s:
+            drain = s[key]["drain"]
+            s = {
+                **s,
+                drain_key: {
+                    "resources": drain["resources"],
+                    "events_acked": drain["delivered_during_drain"],
+                },
+            }
     if "c_e2e" in s:
         drain = s["c_e2e"]["drain"]
         s = {
@@ -403,6 +434,286 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
     if run.get("teardown_error"):
         lines += [f"Tearing the engine down failed: {run['teardown_error']}", ""]
     return lines
+
+
+def _windowed_rows(label: str, w: dict[str, Any]) -> list[str]:
+    """The two rows of a windowed run (sustained, soak) in the scenario table."""
+    ledger = w["ledger"]
+    load = f"open, {_n(w['rate'])} events/s, {w['duration_s']:g} s"
+    return [
+        f"| {label} `POST /v1/track`, ack from intended send | {load}"
+        f" | {_n(w['events_per_s'])} events/s acked | {_lat(w['ack_latency_ms'])}"
+        f" | {_errors(w)} |",
+        f"| {label} ingest → delivery | same | {_n(ledger['delivered'])} of"
+        f" {_n(ledger['acknowledged'])} delivered"
+        f" ({_n(w['delivery_rate_while_sending_per_s'])}/s while sending)"
+        f" | {_lat(w['delivery_latency_ms'])} | lost **{ledger['lost']}** |",
+    ]
+
+
+def _ledger_line(label: str, w: dict[str, Any]) -> str:
+    ledger, drain, verdict = w["ledger"], w["drain"], w["verdict"]
+    counters = w.get("tidegate_counters", {})
+    late = ""
+    if ledger["lost"]:
+        accounting = w.get("lost_accounting", {})
+        late = (
+            " Lost here means not delivered by the end of the wait, which is not necessarily"
+            " dropped: Tidegate's own counters over the run and the wait leave"
+            f" {_n(counters.get('pending_by_counters'))} pending (accepted"
+            f" {_n(counters.get('events_ingested'))} - delivered"
+            f" {_n(counters.get('attempts_succeeded'))} - dead letters"
+            f" {_n(counters.get('dead_letters'))}), so"
+            f" {_n(ledger.get('still_pending_per_tidegate'))} of the"
+            f" {_n(ledger['lost'])} are late rather than dropped and"
+            f" **{_n(ledger.get('unaccounted'))}** are unaccounted for."
+        )
+        if accounting:
+            late += (
+                " Read API: "
+                + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in accounting.items())
+                + "."
+            )
+    return (
+        f"Ledger {label}: due {_n(w['due'])} · sent {_n(ledger['sent'])} · acknowledged"
+        f" {_n(ledger['acknowledged'])} · errors {_n(ledger['errors'])} · unfinished"
+        f" {ledger['unfinished']} · delivered {_n(ledger['delivered'])} · **lost"
+        f" {_n(ledger['lost'])}** · duplicate deliveries {ledger['duplicate_deliveries']}"
+        f" · delivered but not acknowledged {_n(ledger['delivered_but_not_acknowledged'])}."
+        f" {_n(w['delivered_at_end_of_sending'])} were delivered when sending stopped; the"
+        f" wait after it took {drain['waited_s']} s (limit {drain['limit_s']:g} s, ended:"
+        f" {drain['ended']}), {_n(drain['delivery_rate_per_s'])} deliveries/s."
+        f" Kept up: **{'yes' if verdict['kept_up'] else 'no'}** (delivered/acked rate while"
+        f" sending {verdict['delivery_to_ack_rate_ratio']}, delivery p50"
+        f" {_n(verdict['first_slice_p50_ms'])} ms in the first window,"
+        f" {_n(verdict['last_slice_p50_ms'])} ms in the last). Generator: dispatch lag p99"
+        f" {_n(w['dispatch_lag_ms'].get('p99'), 1)} ms, max"
+        f" {_n(w['dispatch_lag_ms'].get('max'), 1)} ms; at most {_n(w['peak_in_flight'])}"
+        f" requests in flight (cap {_n(w['max_in_flight'])})." + late
+    )
+
+
+def _long_runs(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> list[str]:
+    """The step search, the sustained run, the soak, and the targets they answer."""
+    lines: list[str] = []
+    if not any(k in s for k in ("c_steps", "c_sustained", "e_soak")):
+        return lines
+    lines += [
+        "Sustained runs, step search and soak: open loop to the tenant with one webhook"
+        " destination, like (c), but each event carries its intended send time, so the"
+        " receiver and the generator aggregate (a bit per event for the ledger, latency"
+        " histograms with 1%-wide buckets per window) instead of keeping each event: memory"
+        " stays bounded over any duration. At most"
+        f" {_n(plan.get('max_in_flight'))} requests are outstanding; one due beyond that is"
+        " not sent and counts as an error, so a server that cannot take the offered rate"
+        " shows as errors, not as a lower rate. After sending, the run waits for the"
+        " remaining deliveries until all arrived, none arrived for 75 s, or the limit.",
+        "",
+    ]
+    steps: list[dict[str, Any]] = s.get("c_steps", [])
+    runs = [*steps, *([s["c_sustained"]] if "c_sustained" in s else [])]
+    if runs:
+        lines += [
+            "(c) step search, then the sustained run (stops at the first step that does not"
+            " keep up; the sustained rate runs regardless):",
+            "",
+            "| Offered events/s | s | Acked events/s | Errors | Delivered while sending /s"
+            " | Delivered ÷ acked | Delivery p50 first → last window, ms | Delivery p99 ms"
+            " | Lost | Kept up? |",
+            "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for w in runs:
+            v = w["verdict"]
+            lines.append(
+                f"| {_n(w['rate'])} | {w['duration_s']:g} | {_n(w['events_per_s'])}"
+                f" | {_errors(w)} | {_n(w['delivery_rate_while_sending_per_s'])}"
+                f" | {v['delivery_to_ack_rate_ratio']}"
+                f" | {_n(v['first_slice_p50_ms'])} → {_n(v['last_slice_p50_ms'])}"
+                f" | {_n(w['delivery_latency_ms'].get('p99'))} | {_lost(w)}"
+                f" | **{'yes' if v['kept_up'] else 'no'}** |"
+            )
+        best = s.get("c_max_kept_up", {}).get("highest_rate_kept_up")
+        lines += [
+            "",
+            f"Highest offered rate that kept up: **{_n(best)}"
+            f"{' events/s' if best else ''}**"
+            + (f" = {best / base:.2f}x the baseline's req/s" if best and base else "")
+            + ".",
+            "",
+        ]
+    if "c_sustained" in s:
+        lines += [_ledger_line("(c) sustained", s["c_sustained"]), ""]
+        timeline = s["c_sustained"].get("timeline", [])
+        if timeline:
+            lines += [
+                "(c) sustained, per 2-second window of intended send time, acked / errors:"
+                " delivery p50 / p99 (s): "
+                + "; ".join(
+                    f"{_n(b['acked'])} / {_n(b['errors'])}:"
+                    f" {_n(b['delivery_p50_ms'] and b['delivery_p50_ms'] / 1000, 2)}"
+                    f" / {_n(b['delivery_p99_ms'] and b['delivery_p99_ms'] / 1000, 2)}"
+                    for b in timeline
+                )
+                + ".",
+                "",
+            ]
+    if "e_soak" in s:
+        lines += _soak(s["e_soak"])
+    lines += _targets(plan, s, base)
+    return lines
+
+
+def _soak(w: dict[str, Any]) -> list[str]:
+    lines = [
+        f"(e) soak: {_n(w['rate'])} events/s offered for {w['duration_s']:g} s; RSS"
+        " (VmRSS) and CPU of each process sampled every 10 s. Per minute (RSS at the end of"
+        " the minute, the 0 row is the start; traffic figures are for the events due in that"
+        " minute):",
+        "",
+        "| Minute | Tidegate RSS MiB | Tidegate CPU % core | Receiver RSS MiB"
+        " | Generator RSS MiB | Due | Acked | Errors | Delivered | Ack p50 / p99 ms"
+        " | Delivery p50 / p99 / max ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    samples: list[dict[str, Any]] = w.get("samples", [])
+    timeline: list[dict[str, Any]] = w.get("timeline", [])
+    memory: dict[str, Any] = w.get("memory", {})
+    minutes = len(memory.get("tidegate", {}).get("per_minute_mib", []))
+
+    def cpu(minute: int) -> str:
+        values = [
+            r["tidegate"]["cpu_pct_of_one_core"]
+            for r in samples
+            if r["phase"] == "sending"
+            and 60 * (minute - 1) < r["t_s"] <= 60 * minute + 1
+            and r["tidegate"].get("cpu_pct_of_one_core") is not None
+        ]
+        return _n(sum(values) / len(values)) if values else "n/a"
+
+    for m in range(minutes):
+
+        def rss(name: str, minute: int = m) -> str:
+            return _n(memory.get(name, {}).get("per_minute_mib", [None] * minutes)[minute], 1)
+
+        row = timeline[m - 1] if 0 < m <= len(timeline) else None
+        traffic = (
+            f" | {_n(row['due'])} | {_n(row['acked'])} | {_n(row['errors'])}"
+            f" | {_n(row['delivered'])} | {_n(row['ack_p50_ms'], 1)} / {_n(row['ack_p99_ms'], 1)}"
+            f" | {_n(row['delivery_p50_ms'], 1)} / {_n(row['delivery_p99_ms'], 1)}"
+            f" / {_n(row['delivery_max_ms'], 1)}"
+            if row
+            else " | | | | | |"
+        )
+        lines.append(
+            f"| {m} | {rss('tidegate')} | {cpu(m) if m else ''} | {rss('receiver')}"
+            f" | {rss('load_generator')}{traffic} |"
+        )
+    lines.append("")
+    for name, label in (
+        ("tidegate", "Tidegate"),
+        ("receiver", "Receiver"),
+        ("load_generator", "Load generator"),
+    ):
+        g = memory.get(name, {})
+        if not g:
+            continue
+        verdict = ""
+        if name == "tidegate":
+            verdict = (
+                f" Within 250 MB: **{_yes(g.get('within_250_mb'))}**; no growth"
+                f" (fitted growth <= 5% of the minute-2 RSS): **{_yes(g.get('no_growth'))}**."
+            )
+        lines.append(
+            f"- {label} RSS, while sending: start {_n(g.get('first_mib'), 1)} MiB, minute 2"
+            f" {_n(g.get('minute_2_mib'), 1)}, peak {_n(g.get('peak_mib'), 1)}, end"
+            f" {_n(g.get('last_mib'), 1)} MiB; end - minute 2"
+            f" {_n(g.get('end_minus_minute_2_mib'), 1)} MiB; linear fit from"
+            f" {_n(g.get('fit_from_s'))} s ({g.get('fit_points')} samples)"
+            f" {_n(g.get('slope_mib_per_min'), 2)} MiB/min"
+            f" ({_n(g.get('fitted_growth_mib'), 1)} MiB over the fit)." + verdict
+        )
+    series = [
+        f"{r['t_s']:.0f}:{_n(r['tidegate'].get('rss_mib'), 1)}"
+        for r in samples
+        if isinstance(r.get("tidegate"), dict)
+    ]
+    lines += [
+        "",
+        "Tidegate RSS every 10 s (s:MiB, sending then the wait after it): "
+        + ", ".join(series)
+        + ".",
+        "",
+        _ledger_line("(e) soak", w),
+        "",
+    ]
+    return lines
+
+
+def _lost(w: dict[str, Any]) -> str:
+    """Lost at the end of the wait, with how many of those Tidegate still holds."""
+    ledger = w["ledger"]
+    if not ledger["lost"]:
+        return "0"
+    return (
+        f"{_n(ledger['lost'])} not delivered by the end of the wait"
+        f" ({_n(ledger.get('still_pending_per_tidegate'))} still pending in Tidegate,"
+        f" {_n(ledger.get('unaccounted'))} unaccounted)"
+    )
+
+
+def _yes(value: Any) -> str:
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
+def _targets(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> list[str]:
+    """The issue's targets that these runs answer, next to what this run measured."""
+    ceiling = f"baseline {_n(base)} req/s" if base else "baseline not measured"
+    lines = [
+        "Targets against this run (the machine's ceiling is the minimal ASGI app under the"
+        f" same generator, {ceiling}):",
+        "",
+        "| Target | Wanted | Measured in this run | Measured ÷ wanted | ÷ machine ceiling |",
+        "|---|---|---|---:|---:|",
+    ]
+
+    def ratio(value: float | None, of: float | None) -> str:
+        return f"{value / of:.2f}" if value is not None and of else "n/a"
+
+    if "c_sustained" in s:
+        w = s["c_sustained"]
+        best = s.get("c_max_kept_up", {}).get("highest_rate_kept_up")
+        delivered = w["delivery_rate_while_sending_per_s"]
+        lines.append(
+            "| End to end sustained, one webhook per event | ≥ 5,000 events/s, 0 lost"
+            f" | at {_n(w['rate'])}/s offered for {w['duration_s']:g} s: {_n(w['events_per_s'])}"
+            f" acked/s, {_n(delivered)} delivered/s while sending, errors"
+            f" {_n(w['ledger']['errors'])}, lost {_lost(w)}, kept up"
+            f" {_yes(w['verdict']['kept_up'])}; highest rate that kept up: {_n(best)}"
+            f" | delivered {ratio(delivered, 5000)} · highest kept up {ratio(best, 5000)}"
+            f" | target {ratio(5000, base)} · delivered {ratio(delivered, base)}"
+            f" · highest kept up {ratio(best, base)} |"
+        )
+    if "e_soak" in s:
+        w = s["e_soak"]
+        g = w.get("memory", {}).get("tidegate", {})
+        peak = g.get("peak_mib")
+        peak_mb = None if peak is None else peak * 1.048576
+        lines.append(
+            "| Memory per process, 10-minute soak at 5,000 events/s | ≤ 250 MB RSS, no growth"
+            f" | soak of {w['duration_s']:g} s at {_n(w['rate'])}/s offered"
+            f" ({_n(w['events_per_s'])} acked/s, errors {_n(w['ledger']['errors'])}, lost"
+            f" {_lost(w)}): Tidegate peak RSS {_n(peak, 1)} MiB"
+            f" = {_n(peak_mb, 1)} MB, end - minute 2 {_n(g.get('end_minus_minute_2_mib'), 1)}"
+            f" MiB, fit {_n(g.get('slope_mib_per_min'), 2)} MiB/min; no growth"
+            f" {_yes(g.get('no_growth'))}"
+            f" | RSS {ratio(peak_mb, 250)} | acked rate {ratio(w['events_per_s'], base)} |"
+        )
+    elif plan.get("soak_s", 0) == 0:
+        lines.append(
+            "| Memory per process, 10-minute soak at 5,000 events/s | ≤ 250 MB RSS, no growth"
+            " | not measured (soak skipped in this run) | n/a | n/a |"
+        )
+    return [*lines, ""]
 
 
 def _pct(scenario: dict[str, Any], name: str) -> str:
@@ -574,6 +885,25 @@ def _comparison(plan: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
                 f"{_n(_res(s['c_e2e'], 'machine').get('others_pct_of_one_core'))}"
                 f" · {_n(_res(s['c_e2e'], 'machine').get('busy_pct'), 1)}"
             ),
+        ),
+        row(
+            f"(c) sustained at {_n(plan.get('sustained_rate'))}/s offered,"
+            f" {plan.get('sustained_s', 0):g} s: acked · delivered while sending, per s",
+            lambda s, _r: (
+                f"{_n(s['c_sustained']['events_per_s'])}"
+                f" · {_n(s['c_sustained']['delivery_rate_while_sending_per_s'])}"
+            ),
+        ),
+        row(
+            "(c) sustained errors · **lost** · kept up?",
+            lambda s, _r: (
+                f"{_errors(s['c_sustained'])} · {_n(s['c_sustained']['ledger']['lost'])}"
+                f" · {_yes(s['c_sustained']['verdict']['kept_up'])}"
+            ),
+        ),
+        row(
+            "(c) sustained ingest → delivery p50 / p95 / p99 / p99.9 / max, ms",
+            lambda s, _r: lat(s["c_sustained"]["delivery_latency_ms"]),
         ),
         row(
             "Tidegate peak RSS (VmHWM), MiB",

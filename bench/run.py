@@ -1,9 +1,13 @@
 """Tidegate benchmark: one command, one run, every figure measured side by side.
 
-    .venv/bin/python bench/run.py            # ~3 minutes (what `make bench` runs)
-    .venv/bin/python bench/run.py --quick    # ~1 minute
+    make bench                               # everything, with the 10-minute soak: ~15-20 min
+    make bench SOAK=0                        # everything but the soak: ~5 minutes
+    make bench QUICK=1                       # shorter windows, no steps, no soak: ~2 minutes
+    .venv/bin/python bench/run.py            # = make bench
+    .venv/bin/python bench/run.py --soak-seconds 0          # = make bench SOAK=0
+    .venv/bin/python bench/run.py --quick                   # = make bench QUICK=1
     .venv/bin/python bench/run.py --engine postgres+kafka   # make bench ENGINE=postgres+kafka
-    .venv/bin/python bench/run.py --engine both             # make bench ENGINE=both, ~2.5 min
+    .venv/bin/python bench/run.py --engine both             # make bench ENGINE=both (no soak)
 
 Starts, each in its own process on 127.0.0.1: `tidegate serve` in a fresh temp data
 dir, a webhook receiver (bench/receiver.py) and a minimal ASGI app under uvicorn
@@ -11,9 +15,10 @@ dir, a webhook receiver (bench/receiver.py) and a minimal ASGI app under uvicorn
 
 Engines (--engine): `embedded` (default: SQLite log and store), `postgres+kafka` (a
 fresh database on the PostgreSQL server at 127.0.0.1:5432 and a Tansu Kafka-protocol
-broker started for the run, see bench/engines.py), or `both`: the baseline, (a), (c)
-and (d) on each engine in turn, each on a Tidegate process (and receiver) of its own,
-reported side by side; (b) is left out of `both` to keep the run short.
+broker started for the run, see bench/engines.py), or `both`: the baseline, (a), (c),
+(c) sustained and (d) on each engine in turn, each on a Tidegate process (and receiver)
+of its own, reported side by side; (b), the step search and the soak are left out of
+`both` to keep the run short (--step-rates / --soak-seconds bring them back).
 
 Scenarios:
   baseline  the minimal app, closed loop, same generator as (a); run before and after (a)
@@ -22,11 +27,27 @@ Scenarios:
   (c)       POST /v1/track, open loop at a fixed rate, to a tenant with a webhook
             destination: ack latency and ingest->delivery latency, ledger, lost events
   (d)       GET /v1/events?limit=20 at ~20 req/s while (c) runs
+  (c) steps the same end to end at rising rates (--step-rates, default 1,200, 2,400,
+            3,600 events/s, 10 s each), stopping at the first that does not keep up
+  (c) sustained  end to end, one webhook per event, open loop at --sustained-rate
+            (default 5,000 events/s) for --sustained-seconds (30, quick 10): acked rate,
+            delivered rate while sending, kept up or not, ledger, ingest->delivery
+  (e) soak  the same at --soak-rate (default 5,000 events/s) for --soak-seconds (default
+            600; 0 skips it; --quick and `both` skip it): RSS and CPU of Tidegate, the
+            receiver and the generator every 10 s, per-minute table, RSS growth (linear
+            fit over the last 8 minutes, end minus minute 2), ledger, per-minute latency
 
 (a) and (b) use a tenant without destinations, so they measure the ingest path (plus
-the router storing the events); (c) uses a second tenant with one destination.
-After (a) and (b) the run waits until the router has stored everything (a sentinel
-event shows up in the read API) so their backlog does not leak into the next scenario.
+the router storing the events); (c) and the runs after it use a second tenant with one
+destination. After (a) and (b) the run waits until the router has stored everything (a
+sentinel event shows up in the read API) so their backlog does not leak into the next
+scenario; after each end-to-end run it waits for the remaining deliveries.
+
+The steps, the sustained run and the soak keep no per-event record: each event carries
+its intended send time, the receiver aggregates (a bit per event, a latency histogram
+per window) and so does the generator, which also keeps at most --max-in-flight requests
+outstanding (one due beyond that is not sent and counts as an error). Memory stays
+bounded over any duration. A server that cannot take the offered rate shows as errors.
 
 Writes bench/results/<timestamp>.json and appends a section to docs/benchmarks.md.
 """
@@ -35,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import math
@@ -46,7 +68,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,12 +81,20 @@ import procstat
 import report
 import services
 from common import free_port, loop_name, run_async
-from stats import summarize_ms
+from stats import Bitmap, LogHistogram, summarize_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 T = TypeVar("T")
+DEFAULT_STEP_RATES = (1200.0, 2400.0, 3600.0)
+# a wait for deliveries ends early once none arrived for this long: longer than
+# Tidegate's 60 s delivery lease, so one waiting for its lease to lapse still counts
+NO_PROGRESS_S = 75.0
+MIB = 1024 * 1024
+# the soak shows "no growth" when the RSS fitted over its last 8 minutes grows by at most
+# this share of the RSS at minute 2
+GROWTH_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -82,11 +112,29 @@ class Plan:
     read_rate: float
     drain_s: float
     catchup_s: float
+    sustained_rate: float
+    sustained_s: float
+    step_rates: tuple[float, ...]
+    step_s: float
+    long_drain_s: float
+    soak_s: float
+    soak_rate: float
+    sample_every_s: float
+    max_in_flight: int
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Plan:
         quick = bool(args.quick)
         selected = engines.selected(args.engine)
+        single = len(selected) == 1
+        if args.step_rates is not None:
+            steps = tuple(float(r) for r in args.step_rates.split(",") if r.strip())
+        else:
+            steps = () if quick or not single else DEFAULT_STEP_RATES
+        if args.soak_seconds is not None:
+            soak_s = float(args.soak_seconds)
+        else:
+            soak_s = 0.0 if quick or not single else 600.0
         return Plan(
             quick=quick,
             engines=selected,
@@ -103,6 +151,15 @@ class Plan:
             # > Tidegate's 60 s delivery lease, so "late" is not mistaken for "lost"
             drain_s=30.0 if quick else 90.0,
             catchup_s=30.0 if quick else 45.0,
+            sustained_rate=args.sustained_rate,
+            sustained_s=args.sustained_seconds or (10.0 if quick else 30.0),
+            step_rates=tuple(r for r in steps if r < args.sustained_rate),
+            step_s=10.0,
+            long_drain_s=60.0 if quick else 180.0,
+            soak_s=soak_s,
+            soak_rate=args.soak_rate,
+            sample_every_s=10.0,
+            max_in_flight=args.max_in_flight,
         )
 
 
@@ -302,10 +359,10 @@ def verify_signatures(samples: list[dict[str, Any]], secret: str | None) -> dict
     return {"checked": len(samples), "verified": verified, "failures": failures[:5]}
 
 
-def keeps_up(c: dict[str, Any]) -> dict[str, Any]:
+def keeps_up(c: dict[str, Any], key: str = "timeline_2s") -> dict[str, Any]:
     """Did delivery keep pace with ingest at this rate? Compare the delivery rate while
     sending with the ack rate, and the delivery latency of the first and last slices."""
-    slices = [b for b in c["timeline_2s"] if b["delivery_p50_ms"] is not None]
+    slices = [b for b in c[key] if b["delivery_p50_ms"] is not None]
     first = slices[0]["delivery_p50_ms"] if slices else None
     last = slices[-1]["delivery_p50_ms"] if slices else None
     rate_ratio = (
@@ -553,6 +610,314 @@ async def measure(
     }
     del out["d_read"]["resources"]  # shared with (c): reported there
 
+    await long_runs(plan, run_id, tg, rc, e2e, pids, check, out)
+
+
+# -- the sustained run, the step search and the soak ----------------------------------------
+
+
+async def compact_counts(
+    http: aiohttp.ClientSession, receiver: services.Service, prefix: str, bitmap: bool = False
+) -> dict[str, Any]:
+    params = {"prefix": prefix, **({"bitmap": "1"} if bitmap else {})}
+    async with http.get(
+        receiver.base + "/compact", params=params, timeout=aiohttp.ClientTimeout(total=60)
+    ) as response:
+        data: dict[str, Any] = await response.json()
+        return data
+
+
+async def wait_compact(
+    http: aiohttp.ClientSession,
+    receiver: services.Service,
+    prefix: str,
+    expected: int,
+    limit_s: float,
+) -> tuple[int, float, str]:
+    """Poll the receiver until `expected` events of a windowed run arrived, none arrived
+    for NO_PROGRESS_S, or `limit_s` passed: (delivered, seconds waited, why it stopped)."""
+    started = time.perf_counter()
+    last, last_change = -1, started
+    while True:
+        delivered = int((await compact_counts(http, receiver, prefix))["delivered"])
+        now = time.perf_counter()
+        if delivered != last:
+            last, last_change = delivered, now
+        waited = round(now - started, 2)
+        if delivered >= expected:
+            return delivered, waited, "all delivered"
+        if now - last_change >= NO_PROGRESS_S:
+            return delivered, waited, f"none arrived for {NO_PROGRESS_S:g} s"
+        if now - started >= limit_s:
+            return delivered, waited, "time limit"
+        await asyncio.sleep(0.5)
+
+
+def pipeline_counters(delta: dict[str, float]) -> dict[str, int]:
+    """Tidegate's own counts over a window: events accepted, attempts by outcome, dead
+    letters, and what that leaves pending (accepted - succeeded - dead letters)."""
+    out: dict[str, int] = {"events_ingested": 0, "dead_letters": 0}
+    for name, value in delta.items():
+        if name.startswith("tidegate_events_ingested_total"):
+            out["events_ingested"] += int(value)
+        elif name.startswith("tidegate_dead_letters_total"):
+            out["dead_letters"] += int(value)
+        elif name.startswith("tidegate_delivery_attempts_total") and 'outcome="' in name:
+            outcome = name.split('outcome="', 1)[1].split('"', 1)[0]
+            out[f"attempts_{outcome}"] = out.get(f"attempts_{outcome}", 0) + int(value)
+    out["pending_by_counters"] = (
+        out["events_ingested"] - out.get("attempts_succeeded", 0) - out["dead_letters"]
+    )
+    return out
+
+
+def window_timeline(
+    loop: loadgen.WindowedOpenLoop, delivered: dict[int, LogHistogram]
+) -> list[dict[str, Any]]:
+    """Per window of intended send time: due, acked, errors, ack and delivery latency."""
+    rows = []
+    for index, stats in enumerate(loop.windows):
+        ack = stats.ack.summary_ms()
+        histogram = delivered.get(index, LogHistogram())
+        delivery = histogram.summary_ms()
+        rows.append(
+            {
+                "from_s": round(index * loop.window_s, 1),
+                "due": stats.due,
+                "acked": stats.acked,
+                "errors": sum(stats.errors.values()),
+                "ack_p50_ms": ack["p50"],
+                "ack_p99_ms": ack["p99"],
+                "delivered": histogram.n,
+                "delivery_p50_ms": delivery["p50"],
+                "delivery_p99_ms": delivery["p99"],
+                "delivery_max_ms": delivery["max"],
+            }
+        )
+    return rows
+
+
+def memory_verdict(
+    samples: list[dict[str, object]], name: str, duration_s: float
+) -> dict[str, Any]:
+    """RSS of `name` over the sending part of the soak: first, each minute, peak, last; a
+    linear fit over the last 8 minutes (MiB/min), and the end minus minute 2."""
+    sending = [row for row in samples if row["phase"] == "sending"]
+    fit_from = max(0.0, duration_s - 480.0)
+    growth = procstat.rss_growth(sending, name, fit_from)
+
+    def rss_at(t_s: float) -> float | None:
+        rows = [r for r in sending if isinstance(r.get(name), dict)]
+        if not rows:
+            return None
+        nearest = min(rows, key=lambda r: abs(float(r["t_s"]) - t_s))  # type: ignore[arg-type]
+        value = nearest[name].get("rss_mib")  # type: ignore[union-attr]
+        return None if value is None else float(value)
+
+    minute2 = rss_at(min(120.0, duration_s))
+    last = growth.get("last_mib")
+    growth["per_minute_mib"] = [rss_at(60.0 * m) for m in range(int(duration_s // 60) + 1)]
+    growth["minute_2_mib"] = minute2
+    growth["end_minus_minute_2_mib"] = (
+        None if last is None or minute2 is None else round(last - minute2, 1)
+    )
+    slope = growth.get("slope_mib_per_min")
+    if slope is not None and minute2:
+        fitted = slope * (duration_s - fit_from) / 60
+        growth["fitted_growth_mib"] = round(fitted, 1)
+        growth["no_growth"] = fitted <= GROWTH_TOLERANCE * minute2
+    peak = growth.get("peak_mib")
+    growth["within_250_mb"] = None if peak is None else peak * MIB <= 250e6
+    return growth
+
+
+async def long_runs(
+    plan: Plan,
+    run_id: str,
+    tg: services.Service,
+    rc: services.Service,
+    e2e: services.Tenant,
+    pids: Callable[[], dict[str, int | Sequence[int]]],
+    check: Callable[[str], None],
+    out: dict[str, Any],
+) -> None:
+    """The step search, the sustained run and the soak (each a WindowedOpenLoop to the
+    tenant with a webhook destination), filling `out`."""
+    async with contextlib.AsyncExitStack() as stack:
+        control = await stack.enter_async_context(loadgen.session(8))
+        http = await stack.enter_async_context(loadgen.session(256))
+
+        async def windowed(
+            key: str,
+            rate: float,
+            duration_s: float,
+            window_s: float,
+            drain_limit_s: float,
+            soak: bool = False,
+        ) -> dict[str, Any]:
+            prefix = f"{run_id}-{key}"
+            loop = loadgen.WindowedOpenLoop(
+                http,
+                loadgen.timed_track_target(tg.base, e2e.write_key, prefix),
+                name=key,
+                rate=rate,
+                duration_s=duration_s,
+                window_s=window_s,
+                max_in_flight=plan.max_in_flight,
+            )
+            sampler: procstat.Sampler | None = None
+            phase = ["sending"]
+            stop = asyncio.Event()
+            sampling: asyncio.Task[None] | None = None
+            if soak:
+                own = {k: v for k, v in pids().items() if isinstance(v, int) and k != "baseline"}
+                sampler = procstat.Sampler({**own, "load_generator": os.getpid()})
+                sampling = asyncio.create_task(
+                    sample_loop(sampler, loop, phase, stop, plan.sample_every_s)
+                )
+            metrics_before = await scrape_metrics(control, tg.base)
+            with Window(pids()) as window:
+                await loop.run()
+            resources = window.resources
+            check(key)
+            at_end = int((await compact_counts(control, rc, prefix))["delivered"])
+            phase[0] = "draining"
+            acked = sum(w.acked for w in loop.windows)
+            with Window(pids()) as window:
+                delivered, waited, why = await wait_compact(
+                    control, rc, prefix, acked, drain_limit_s
+                )
+            drain_resources = window.resources
+            stop.set()
+            if sampling is not None:
+                await sampling
+            metrics_after = await scrape_metrics(control, tg.base)
+            full = await compact_counts(control, rc, prefix, bitmap=True)
+            seen = Bitmap(data=base64.b64decode(full.get("bitmap", "")))
+            lost = loop.acked.and_not(seen)
+            unacked = seen.and_not(loop.acked)
+            totals = loop.totals()
+            histograms = {int(w): LogHistogram.from_json(h) for w, h in full["windows"].items()}
+            every = LogHistogram()
+            for histogram in histograms.values():
+                every.update(histogram)
+            delta = metrics_delta(metrics_before, metrics_after)
+            lost_count = lost.count()
+            result: dict[str, Any] = {
+                "rate": rate,
+                "duration_s": duration_s,
+                "window_s": window_s,
+                **totals,
+                "events_acked": totals["acked"],
+                "delivery_latency_ms": every.summary_ms(),
+                "delivered_at_end_of_sending": at_end,
+                "delivery_rate_while_sending_per_s": round(at_end / loop.elapsed_s, 1),
+                "ledger": {
+                    "sent": totals["sent"],
+                    "acknowledged": totals["acked"],
+                    "errors": sum(totals["errors"].values()),
+                    "unfinished": totals["unfinished"],
+                    "delivered": totals["acked"] - lost_count,
+                    "lost": lost_count,
+                    "delivered_but_not_acknowledged": unacked.count(),
+                    "duplicate_deliveries": int(full["duplicates"]),
+                },
+                "lost_examples": [f"{prefix}-{i}" for i in lost.indices(10)],
+                "drain": {
+                    "waited_s": waited,
+                    "limit_s": drain_limit_s,
+                    "ended": why,
+                    "delivered_during_drain": delivered - at_end,
+                    "delivery_rate_per_s": round((delivered - at_end) / waited, 1)
+                    if waited
+                    else 0.0,
+                    "resources": drain_resources,
+                },
+                "tidegate_counters": pipeline_counters(delta),
+                "tidegate_histogram_means_ms": histogram_means_ms(delta),
+                "resources": resources,
+                "timeline": window_timeline(loop, histograms),
+            }
+            # not delivered within the wait, yet still pending in Tidegate: late, not dropped
+            pending = max(0, result["tidegate_counters"]["pending_by_counters"])
+            result["ledger"]["still_pending_per_tidegate"] = min(lost_count, pending)
+            result["ledger"]["unaccounted"] = max(0, lost_count - pending)
+            if 0 < lost_count <= 10_000:  # the read API pages 500 at a time
+                result["lost_accounting"] = await account_for_missing(control, tg.base, e2e, set())
+            result["verdict"] = keeps_up(result, "timeline")
+            if sampler is not None:
+                result["samples"] = sampler.samples
+                result["memory"] = {
+                    name: memory_verdict(sampler.samples, name, duration_s)
+                    for name in ("tidegate", "receiver", "load_generator")
+                }
+            verdict = result["verdict"]
+            print(
+                f"  {key}: offered {rate:,.0f}/s, acked {totals['events_per_s']:,.0f}/s,"
+                f" errors {result['ledger']['errors']}, delivered while sending"
+                f" {result['delivery_rate_while_sending_per_s']:,.0f}/s, lost {lost_count}"
+                f" (waited {waited} s: {why}), kept up: {verdict['kept_up']}",
+                flush=True,
+            )
+            return result
+
+        tried: list[dict[str, Any]] = []
+        if plan.step_rates:
+            out["c_steps"] = []
+            for rate in plan.step_rates:
+                print(f"(c) step: open loop {rate:g} events/s for {plan.step_s:g} s", flush=True)
+                step = await windowed(f"st{rate:g}", rate, plan.step_s, 2.0, plan.long_drain_s)
+                out["c_steps"].append(step)
+                tried.append({"rate": rate, "kept_up": step["verdict"]["kept_up"]})
+                if not step["verdict"]["kept_up"]:
+                    break
+        rate = plan.sustained_rate
+        print(f"(c) sustained: open loop {rate:g} events/s for {plan.sustained_s:g} s", flush=True)
+        out["c_sustained"] = await windowed("su", rate, plan.sustained_s, 2.0, plan.long_drain_s)
+        tried.append({"rate": rate, "kept_up": out["c_sustained"]["verdict"]["kept_up"]})
+        kept = [t["rate"] for t in tried if t["kept_up"]]
+        out["c_max_kept_up"] = {"tried": tried, "highest_rate_kept_up": max(kept, default=None)}
+
+        if plan.soak_s > 0:
+            print(
+                f"(e) soak: open loop {plan.soak_rate:g} events/s for {plan.soak_s:g} s,"
+                f" RSS every {plan.sample_every_s:g} s",
+                flush=True,
+            )
+            out["e_soak"] = await windowed(
+                "so", plan.soak_rate, plan.soak_s, 60.0, plan.long_drain_s, soak=True
+            )
+
+
+async def sample_loop(
+    sampler: procstat.Sampler,
+    loop: loadgen.WindowedOpenLoop,
+    phase: list[str],
+    stop: asyncio.Event,
+    every_s: float = 10.0,
+) -> None:
+    """Sample every `every_s` until `stop` (once more then); a progress line a minute."""
+    t0 = time.monotonic()
+    n = 0
+    while True:
+        row = sampler.sample(time.monotonic() - t0, phase[0])
+        if n % 6 == 0 and n:
+            rss = row.get("tidegate", {})
+            acked = sum(w.acked for w in loop.windows)
+            print(
+                f"  soak {row['t_s']:.0f} s ({phase[0]}): {loop.dispatched:,} due,"
+                f" {acked:,} acked, {loop.in_flight} in flight, tidegate RSS"
+                f" {rss.get('rss_mib') if isinstance(rss, dict) else None} MiB",
+                flush=True,
+            )
+        n += 1
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                stop.wait(), timeout=max(0.0, t0 + n * every_s - time.monotonic())
+            )
+
 
 def machine_info() -> dict[str, Any]:
     model = "unknown"
@@ -603,9 +968,14 @@ def head_commit() -> str | None:
     return None
 
 
-def command_line(engine: str) -> str:
+def command_line(args: argparse.Namespace) -> str:
     if os.environ.get("MAKELEVEL"):
-        return "make bench" + ("" if engine == engines.EMBEDDED else f" ENGINE={engine}")
+        return (
+            "make bench"
+            + ("" if args.engine == engines.EMBEDDED else f" ENGINE={args.engine}")
+            + (" QUICK=1" if args.quick else "")
+            + (" SOAK=0" if args.soak_seconds == 0 and not args.quick else "")
+        )
     return " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
 
 
@@ -644,7 +1014,13 @@ def run_engine(
                 ingest = services.create_tenant(tg, f"bench-ingest-{tag}", None)
                 e2e = services.create_tenant(tg, f"bench-e2e-{tag}", rc.base + "/hook")
                 # bounded: setup + scenarios + waits, with generous room for a slow machine
-                budget_s = 900.0
+                budget_s = (
+                    900.0
+                    + plan.sustained_s
+                    + plan.soak_s
+                    + plan.step_s * len(plan.step_rates)
+                    + (plan.long_drain_s + 30) * (len(plan.step_rates) + 2)
+                )
                 run_async(
                     bounded(measure(plan, tag, tg, rc, bl, ingest, e2e, engine, results), budget_s)
                 )
@@ -695,7 +1071,9 @@ def run_engine(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="about one minute instead of three")
+    parser.add_argument(
+        "--quick", action="store_true", help="about 2 minutes: shorter windows, no steps, no soak"
+    )
     parser.add_argument(
         "--engine",
         choices=engines.CHOICES,
@@ -708,12 +1086,45 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="(a) and baseline senders")
     parser.add_argument("--batch-concurrency", type=int, default=8, help="(b) senders")
     parser.add_argument("--read-rate", type=float, default=20.0, help="(d) requests/s")
+    parser.add_argument(
+        "--sustained-rate",
+        type=float,
+        default=5000.0,
+        help="(c) sustained: events/s (open loop, default 5000)",
+    )
+    parser.add_argument(
+        "--sustained-seconds", type=float, help="(c) sustained: duration (default 30, quick 10)"
+    )
+    parser.add_argument(
+        "--step-rates",
+        help="(c) step search: comma-separated events/s below the sustained rate, 10 s each,"
+        " stopping at the first that does not keep up (default 1200,2400,3600; not in"
+        " --quick or --engine both; '' skips)",
+    )
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        help="(e) soak duration (default 600; 0 skips it, as --quick and --engine both do)",
+    )
+    parser.add_argument(
+        "--soak-rate", type=float, default=5000.0, help="(e) soak events/s (default 5000)"
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=4096,
+        help="sustained, steps and soak: requests outstanding at most; one due beyond it is"
+        " not sent and counts as an error",
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not append to the docs")
     parser.add_argument("--keep-data", action="store_true", help="keep the temp data dir")
     args = parser.parse_args()
     plan = Plan.from_args(args)
-    if plan.rate <= 0 or plan.read_rate <= 0 or plan.concurrency < 1:
-        parser.error("rates and concurrency must be positive")
+    rates = (plan.rate, plan.read_rate, plan.sustained_rate, plan.soak_rate, *plan.step_rates)
+    if min(rates) <= 0 or plan.concurrency < 1 or plan.max_in_flight < 1:
+        parser.error("rates, concurrency and --max-in-flight must be positive")
+    if plan.soak_s < 0:
+        parser.error("--soak-seconds must be >= 0")
     try:
         for name in plan.engines:
             engines.preflight(name)
@@ -751,7 +1162,7 @@ def main() -> int:
     document: dict[str, Any] = {
         "run_id": run_id,
         "started_utc": started.isoformat(timespec="seconds"),
-        "command": command_line(args.engine),
+        "command": command_line(args),
         "engine": args.engine,
         "commit": head_commit(),
         "plan": plan.__dict__,
