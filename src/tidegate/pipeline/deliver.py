@@ -25,7 +25,7 @@ import structlog
 from tidegate import telemetry
 from tidegate.batching import GroupWriter
 from tidegate.destinations.base import Loader, Outcome, Sender, WarehouseRow
-from tidegate.errors import DecryptionFailed, ValidationFailed
+from tidegate.errors import BackendUnavailable, DecryptionFailed, ValidationFailed
 from tidegate.ids import new_attempt_id, now_ms
 from tidegate.metering import Meter
 from tidegate.model import (
@@ -172,9 +172,17 @@ class Dispatcher:
         for lane in touched.values():
             self._pump(lane)
         if overflow:
-            task = asyncio.create_task(self._rt.store.deliveries.defer(overflow, now_ms() + 1000))
+            task = asyncio.create_task(self._hand_back(overflow))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _hand_back(self, overflow: list[DeliveryId]) -> None:
+        """Make lane overflow due again a second from now; if the store refuses, the
+        deliveries stay leased to this worker and come back when the lease lapses."""
+        try:
+            await self._rt.store.deliveries.defer(overflow, now_ms() + 1000)
+        except BackendUnavailable as exc:
+            log.warning("dispatcher.hand_back_failed", deliveries=len(overflow), error=exc.detail)
 
     def _lane(self, destination_id: DestinationId) -> Lane:
         lane = self._lanes.get(destination_id)
