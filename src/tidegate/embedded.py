@@ -152,6 +152,11 @@ class EmbeddedDatabase:
                     results.append((job, False, exc))
                 else:
                     conn.execute("RELEASE job")
+                    if isinstance(value, sqlite3.Cursor):
+                        # A cursor must not reach the event loop's thread: freed there, it
+                        # resets a cached statement this thread may be running (SQLITE_MISUSE).
+                        value.close()
+                        value = None
                     results.append((job, True, value))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

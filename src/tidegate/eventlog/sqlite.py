@@ -109,7 +109,8 @@ class SqliteEventLog:
 
     async def trim(self, topic: str) -> int:
         """Delete records every group has committed; the newest record always stays, so
-        offsets keep growing from it."""
+        offsets keep growing from it. At most _TRIM_CHUNK records per transaction, so
+        appends queued behind a large trim wait for one chunk, not for all of it."""
 
         def delete(conn: sqlite3.Connection) -> int:
             (floor,) = conn.execute(
@@ -117,19 +118,29 @@ class SqliteEventLog:
             ).fetchone()
             if floor is None:
                 return 0
-            (newest,) = conn.execute(
-                "SELECT COALESCE(MAX(pos), -1) FROM records WHERE topic = ?", (topic,)
+            (oldest, newest) = conn.execute(
+                "SELECT MIN(pos), COALESCE(MAX(pos), -1) FROM records WHERE topic = ?", (topic,)
             ).fetchone()
-            return conn.execute(
-                "DELETE FROM records WHERE topic = ? AND pos <= ? AND pos < ?",
-                (topic, floor, newest),
-            ).rowcount
+            if oldest is None:
+                return 0
+            return int(
+                conn.execute(
+                    "DELETE FROM records WHERE topic = ? AND pos <= ? AND pos < ? AND pos < ?",
+                    (topic, floor, newest, oldest + _TRIM_CHUNK),
+                ).rowcount
+            )
 
-        return await self._db.write(delete)
+        trimmed = 0
+        while (deleted := await self._db.write(delete)) > 0:
+            trimmed += deleted
+        return trimmed
 
     async def aclose(self) -> None:
         self._closing.set()
         await self._db.aclose()
+
+
+_TRIM_CHUNK = 5_000
 
 
 def _read_after(
