@@ -84,6 +84,8 @@ async def withdraw(rt: Runtime, tenant: Tenant, region: str) -> list[Destination
     Destinations are disabled both before and after the consent is removed, so one
     created concurrently (while the consent still held) is caught by the second pass.
     """
+    if region == tenant.region:
+        raise ValidationFailed(f"region {region!r} is the tenant's own region")
     disabled = await _disable_in(rt, tenant.id, region)
     if not await rt.store.tenants.delete_transfer_consent(tenant.id, region):
         raise NotFound(f"no transfer consent to region {region!r}")

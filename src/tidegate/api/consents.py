@@ -10,7 +10,6 @@ from tidegate import transfers
 from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import Authenticator, Caller
 from tidegate.api.read import Strict, iso
-from tidegate.errors import ValidationFailed
 from tidegate.model import TransferConsent
 from tidegate.runtime import Runtime
 
@@ -78,8 +77,6 @@ def build_consents_router(runtime: Runtime, auth: Authenticator, access: AccessA
     async def withdraw(caller: Need_write, region: str) -> ConsentWithdrawn:
         """Withdraw consent: the tenant's destinations in `region` are disabled at once and
         their pending deliveries become dead letters; 404 when there was no consent."""
-        if region == caller.tenant.region:
-            raise ValidationFailed(f"region {region!r} is the tenant's own region")
         disabled = await transfers.withdraw(runtime, caller.tenant, region)
         await access.allowed(
             caller,
