@@ -70,9 +70,11 @@ API keys and the destination are created with the `tidegate` CLI.
   If anything is missing, Tidegate's read API is asked where it is (deliveries still
   pending or dead, event stored or not). A sample of deliveries is checked against the
   destination secret (Standard Webhooks signature).
-- **Kept up?** Delivery kept pace with ingest when the delivery rate while sending is at
-  least 0.9 of the ack rate and the delivery p50 of the last 2-second slice of send
-  times is not more than twice (and 0.5 s above) that of the first.
+- **Kept up?** Tidegate kept pace with the offered rate when every request was
+  acknowledged (no errors, none left unsent at the generator's in-flight cap), the
+  delivery rate while sending is at least 0.9 of the ack rate, and the delivery p50 of
+  the last 2-second slice of send times is not more than twice (and 0.5 s above) that
+  of the first.
 - **(d) read API**: `GET /v1/events?limit=20` with the API key, open loop at 20 req/s,
   while (c) runs.
 - **(c) steps and (c) sustained**: the end-to-end scenario at rising rates (1,200, 2,400,

@@ -360,8 +360,11 @@ def verify_signatures(samples: list[dict[str, Any]], secret: str | None) -> dict
 
 
 def keeps_up(c: dict[str, Any], key: str = "timeline_2s") -> dict[str, Any]:
-    """Did delivery keep pace with ingest at this rate? Compare the delivery rate while
-    sending with the ack rate, and the delivery latency of the first and last slices."""
+    """Did Tidegate keep pace with the offered rate? Every request it was offered must be
+    acknowledged (an error, or a request the generator could not even send because too
+    many were outstanding, means ingest fell behind); the delivery rate while sending
+    must follow the ack rate; and delivery latency must not grow from the first slice
+    to the last."""
     slices = [b for b in c[key] if b["delivery_p50_ms"] is not None]
     first = slices[0]["delivery_p50_ms"] if slices else None
     last = slices[-1]["delivery_p50_ms"] if slices else None
@@ -369,11 +372,13 @@ def keeps_up(c: dict[str, Any], key: str = "timeline_2s") -> dict[str, Any]:
         c["delivery_rate_while_sending_per_s"] / c["events_per_s"] if c["events_per_s"] else 0
     )
     growing = first is not None and last is not None and last > max(2 * first, first + 500)
+    ledger = c["ledger"]
     return {
         "delivery_to_ack_rate_ratio": round(rate_ratio, 2),
         "first_slice_p50_ms": first,
         "last_slice_p50_ms": last,
-        "kept_up": rate_ratio >= 0.9 and not growing,
+        "all_acknowledged": ledger["errors"] == 0 and ledger["unfinished"] == 0,
+        "kept_up": rate_ratio >= 0.9 and not growing and ledger["errors"] == 0,
     }
 
 

@@ -117,6 +117,25 @@ def open_loader(settings: Settings, destination: Destination, private_key_pem: s
             raise ValueError(f"destination {destination.id} of kind {other} has no loader")
 
 
+class _Slot:
+    """One of a lane's in-flight places, given back once: when the endpoint has
+    answered, or when the attempt ends some other way."""
+
+    __slots__ = ("_dispatcher", "_lane", "_held")
+
+    def __init__(self, dispatcher: Dispatcher, lane: Lane) -> None:
+        self._dispatcher = dispatcher
+        self._lane = lane
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        self._lane.in_flight -= 1
+        self._dispatcher.refill(self._lane)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -194,6 +213,10 @@ class Dispatcher:
             self._lanes[destination_id] = lane
         return lane
 
+    def refill(self, lane: Lane) -> None:
+        if not self._stopping:
+            self._pump(lane)
+
     def _pump(self, lane: Lane) -> None:
         cap = lane.cap or self._rt.settings.destination_concurrency
         while lane.backlog and lane.in_flight < cap:
@@ -204,17 +227,18 @@ class Dispatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
+        slot = _Slot(self, lane)
         try:
-            await self._attempt(lane, delivery, body)
+            await self._attempt(lane, delivery, body, slot)
         except Exception:
             log.exception("delivery.crashed", delivery_id=delivery.id)
         finally:
-            lane.in_flight -= 1
+            slot.release()
             self._known.discard(delivery.id)
-            if not self._stopping:
-                self._pump(lane)
 
-    async def _attempt(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
+    async def _attempt(
+        self, lane: Lane, delivery: Delivery, body: Loaded | None, slot: _Slot
+    ) -> None:
         cached = await self._destination(delivery.tenant_id, delivery.destination_id)
         now = now_ms()
         if cached is None or cached.destination.status is not DestinationStatus.ENABLED:
@@ -279,6 +303,9 @@ class Dispatcher:
             lane.breaker.record_failure()
         else:
             lane.breaker.record_alive()  # a 3xx/4xx answer: the endpoint is up
+        # The endpoint is done with this delivery: its slot goes to the next one while
+        # the outcome is recorded (the lease keeps the delivery from any other worker).
+        slot.release()
         await self._finish(delivery, outcome, cached, final=False)
 
     async def _load(

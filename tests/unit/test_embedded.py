@@ -1,0 +1,76 @@
+"""EmbeddedDatabase: group commit keeps each write's outcome its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tidegate.embedded import EmbeddedDatabase
+from tidegate.errors import BackendUnavailable
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+
+
+def _insert(key: str, value: int) -> Callable[[sqlite3.Connection], int]:
+    def run(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (key, value))
+        return value
+
+    return run
+
+
+def _fail_after_insert(key: str) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (k, v) VALUES (?, 0)", (key,))
+        raise ValueError("refused after writing")
+
+    return run
+
+
+def _keys(conn: sqlite3.Connection) -> list[str]:
+    return [k for (k,) in conn.execute("SELECT k FROM t ORDER BY k")]
+
+
+async def test_a_failing_write_in_a_group_undoes_only_itself(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA)
+    try:
+        # Submitted together, these commit as one or a few groups; whatever the grouping,
+        # each caller sees its own outcome and only the failing writes leave nothing.
+        jobs = [db.write(_insert(f"ok-{i:03}", i)) for i in range(200)]
+        jobs.insert(50, db.write(_fail_after_insert("bad-1")))
+        jobs.insert(120, db.write(_insert("ok-007", 99)))  # duplicate key
+        jobs.append(db.write(_fail_after_insert("bad-2")))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert sorted(type(f).__name__ for f in failures) == [
+            "BackendUnavailable",  # the duplicate key (a sqlite3 error, reported as such)
+            "ValueError",
+            "ValueError",
+        ]
+        assert results.count(7) == 1
+        keys = await db.read(_keys)
+        assert keys == [f"ok-{i:03}" for i in range(200)]
+    finally:
+        await db.aclose()
+
+
+async def test_a_lone_failing_write_leaves_nothing(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA)
+    try:
+        with pytest.raises(ValueError, match="refused after writing"):
+            await db.write(_fail_after_insert("bad"))
+        assert await db.write(_insert("good", 1)) == 1
+        assert await db.read(_keys) == ["good"]
+    finally:
+        await db.aclose()
+
+
+async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA)
+    await db.aclose()
+    with pytest.raises(BackendUnavailable):
+        await db.write(_insert("late", 1))
