@@ -141,9 +141,8 @@ class EmbeddedDatabase:
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
         try:
-            results = self._run_jobs(conn, group, isolated=False)
-            if results is None:
-                results = self._run_jobs(conn, group, isolated=True)
+            together = self._run_jobs(conn, group, isolated=False)
+            results = together or self._run_jobs(conn, group, isolated=True) or []
         except sqlite3.Error as exc:
             log.error("sqlite.commit_failed", path=str(self.path), error=str(exc))
             if conn.in_transaction:

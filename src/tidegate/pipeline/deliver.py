@@ -121,7 +121,7 @@ class _Slot:
     """One of a lane's in-flight places, given back once: when the endpoint has
     answered, or when the attempt ends some other way."""
 
-    __slots__ = ("_dispatcher", "_lane", "_held")
+    __slots__ = ("_dispatcher", "_held", "_lane")
 
     def __init__(self, dispatcher: Dispatcher, lane: Lane) -> None:
         self._dispatcher = dispatcher
