@@ -2,8 +2,8 @@
 
 Items that arrive while a write is in flight join the next write, the way group
 commit works in a database: a busy process makes one write per batch, an idle one
-writes at once. `submit` returns when its item is durable, or raises what the write
-raised.
+writes at once (or after `linger_s`, when a write is worth delaying to share it).
+`submit` returns when its item is durable, or raises what the write raised.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ T = TypeVar("T")
 
 
 class GroupWriter(Generic[T]):
-    def __init__(self, write: Callable[[Sequence[T]], Awaitable[object]]) -> None:
+    def __init__(
+        self, write: Callable[[Sequence[T]], Awaitable[object]], *, linger_s: float = 0.0
+    ) -> None:
         self._write_batch = write
+        self._linger_s = linger_s
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -30,6 +33,8 @@ class GroupWriter(Generic[T]):
 
     async def _drain(self) -> None:
         try:
+            if self._linger_s:
+                await asyncio.sleep(self._linger_s)
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:

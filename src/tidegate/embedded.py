@@ -99,6 +99,14 @@ class EmbeddedDatabase:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, fn)
 
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a small read on the calling thread: for point and tail lookups the hot path
+        makes per batch, where a hop to a reader thread and back costs more than the read
+        (WAL readers never wait for the writer). Not for scans."""
+        if self._closed:
+            raise BackendUnavailable("the embedded database is closed")
+        return self._run_read(fn)
+
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:

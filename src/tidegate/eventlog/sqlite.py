@@ -73,7 +73,7 @@ class SqliteEventLog:
         position = await self._db.read(lambda c: _committed(c, group, topic))
         while not self._closing.is_set():
             wakeup.clear()
-            rows = await self._db.read(partial(_read_after, topic, position, max_records))
+            rows = self._db.read_now(partial(_read_after, topic, position, max_records))
             if rows:
                 position = rows[-1][0]
                 yield Batch(

@@ -54,6 +54,7 @@ _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 _encode_json = msgspec.json.Encoder().encode
 _DESTINATION_TTL_S = 2.0
 _MAX_LANE_BACKLOG = 10_000
+_OUTCOME_LINGER_S = 0.005
 
 
 class _CachedDestination(msgspec.Struct):
@@ -158,8 +159,11 @@ class Dispatcher:
         self._destinations: dict[DestinationId, _CachedDestination] = {}
         self._known: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Recording an outcome holds up no one (the lane slot is free once the endpoint
+        # answers), so a trickle of outcomes waits a few milliseconds to share a commit.
         self._attempts: GroupWriter[AttemptResult] = GroupWriter(
-            lambda batch: runtime.store.deliveries.record_attempts(batch, now_ms=now_ms())
+            lambda batch: runtime.store.deliveries.record_attempts(batch, now_ms=now_ms()),
+            linger_s=_OUTCOME_LINGER_S,
         )
         self._stopping = False
 

@@ -1,22 +1,23 @@
 """The router: reads the log, keeps each event once, fans it out to matching destinations.
 
 Per log batch: one store transaction records the kept events and their deliveries
-(deduplication included), then the log offset is committed and the deliveries go
-straight to the dispatcher, so the first attempt does not wait for a store poll.
-A crash between the store write and the offset commit re-reads the batch; the
-store recognises the event ids and creates nothing twice.
+(deduplication included), the deliveries go straight to the dispatcher, so the first
+attempt does not wait for a store poll, and the log offsets are committed behind the
+router, while it routes the next batch. A crash before the offsets are committed
+re-reads those batches; the store recognises the event ids and creates nothing twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
 import msgspec
 import structlog
 
-from tidegate.errors import DecryptionFailed, ValidationFailed
-from tidegate.eventlog import Batch
+from tidegate.errors import BackendUnavailable, DecryptionFailed, ValidationFailed
+from tidegate.eventlog import Batch, EventLog, LogRecord
 from tidegate.ids import now_ms
 from tidegate.model import Destination, EventBody, EventId, LogEntry, TenantId
 from tidegate.pipeline.deliver import Dispatcher, Loaded
@@ -43,10 +44,17 @@ class Router:
         self._filters: dict[str, Filter | None] = {}
 
     async def run(self) -> None:
-        async for batch in self._rt.log.consume(self._rt.topic, "router"):
-            await self.route(batch)
+        committer = _Committer(self._rt.log)
+        try:
+            async for batch in self._rt.log.consume(self._rt.topic, "router"):
+                await self.route(batch)
+                committer.add(batch)
+        finally:
+            await committer.flush()
 
     async def route(self, batch: Batch) -> None:
+        """Record the batch's events and deliveries and hand them to the dispatcher; the
+        caller commits the batch's offsets once this returns."""
         entries = []
         for record in batch.records:
             try:
@@ -85,7 +93,6 @@ class Router:
             lease_ms=lease_ms(self._rt.settings.delivery_timeout_s),
         )
         self._dispatcher.submit(deliveries, loaded)
-        await self._rt.log.commit(batch)
 
     def _select(self, candidates: list[Destination], body: EventBody) -> tuple[Any, ...]:
         document: Any = None
@@ -110,3 +117,47 @@ class Router:
                 log.error("router.invalid_stored_filter")
                 self._filters[expression] = None
         return self._filters[expression]
+
+
+class _Committer:
+    """Commits routed batches' offsets in order, one commit at a time, without holding
+    up routing. Batches routed while a commit is in flight are merged into the next one
+    (the highest offset of each partition), so a busy router writes one offset update
+    per commit, not one per batch; an idle one commits each batch at once."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._topic = ""
+        self._group = ""
+        self._latest: dict[int, LogRecord] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, batch: Batch) -> None:
+        if not batch.records:
+            return
+        self._topic, self._group = batch.topic, batch.group
+        for record in batch.records:
+            kept = self._latest.get(record.partition)
+            if kept is None or record.offset > kept.offset:
+                self._latest[record.partition] = record
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._latest:
+                records, self._latest = tuple(self._latest.values()), {}
+                try:
+                    await self._log.commit(Batch(self._topic, self._group, records))
+                except BackendUnavailable as exc:
+                    # The next commit covers these offsets; a restart before it re-reads
+                    # them, and routing them again creates nothing twice.
+                    log.warning("router.commit_failed", error=exc.detail)
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Wait for the commits under way (on shutdown: what was routed stays routed)."""
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)

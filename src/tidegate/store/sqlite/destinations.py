@@ -61,7 +61,7 @@ class SqliteDestinationStore:
         ids = list(dict.fromkeys(tenant_ids))
         if not ids:
             return []
-        rows = await self._db.read(
+        rows = self._db.read_now(
             lambda c: c.execute(
                 f"SELECT {DESTINATION_COLUMNS} FROM destinations"
                 f" WHERE tenant_id IN ({placeholders(len(ids))}) AND status = 'enabled'"
