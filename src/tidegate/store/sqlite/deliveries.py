@@ -280,3 +280,34 @@ def insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int |
             d.replay_of,
         ),
     )
+
+
+def insert_deliveries(
+    c: sqlite3.Connection, deliveries: Sequence[Delivery], *, lease_until_ms: int | None
+) -> None:
+    """Insert new deliveries, a few hundred rows per statement."""
+    per_statement = 300
+    for start in range(0, len(deliveries), per_statement):
+        chunk = deliveries[start : start + per_statement]
+        c.execute(
+            "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
+            " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
+            " VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            [
+                v
+                for d in chunk
+                for v in (
+                    d.id,
+                    d.tenant_id,
+                    d.event_id,
+                    d.destination_id,
+                    d.status.value,
+                    d.attempts,
+                    d.next_attempt_at_ms,
+                    lease_until_ms,
+                    d.created_at_ms,
+                    d.updated_at_ms,
+                    d.replay_of,
+                )
+            ],
+        )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import new_delivery_id
@@ -12,7 +12,9 @@ from tidegate.model import Delivery, DeliveryStatus, EventId, TenantId
 from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
 from tidegate.store.rows import EVENT_COLUMNS, event_row
 from tidegate.store.sqlite.database import placeholders
-from tidegate.store.sqlite.deliveries import insert_delivery
+from tidegate.store.sqlite.deliveries import insert_deliveries
+
+T = TypeVar("T")
 
 
 class SqliteEventStore:
@@ -24,55 +26,89 @@ class SqliteEventStore:
     async def record_routed(
         self, events: Sequence[RoutedEvent], *, now_ms: int, dedupe_window_ms: int, lease_ms: int
     ) -> list[Delivery]:
+        """Set-based, a few multi-row statements per batch: each statement is one step of
+        SQLite's VM and one GIL round trip with the event loop's thread, where a statement
+        per row would cost several per event."""
+
         def record(c: sqlite3.Connection) -> list[Delivery]:
-            created: list[Delivery] = []
-            for item in events:
-                m = item.meta
-                c.execute(
-                    "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
-                    " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
-                    " WHERE dedupe.expires_at_ms <= ?",
-                    (m.tenant_id, m.dedupe_index, m.id, now_ms + dedupe_window_ms, now_ms),
-                )
-                (owner,) = c.execute(
-                    "SELECT event_id FROM dedupe WHERE tenant_id = ? AND dedupe_index = ?",
-                    (m.tenant_id, m.dedupe_index),
-                ).fetchone()
-                if owner != m.id:
-                    continue  # a duplicate of an event kept within the window
-                inserted = c.execute(
-                    "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
-                    " name_index, dedupe_index, received_at_ms, ciphertext)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        m.tenant_id,
-                        m.id,
-                        m.source_id,
-                        m.kind,
-                        m.type,
-                        m.name_index,
-                        m.dedupe_index,
-                        m.received_at_ms,
-                        item.ciphertext,
-                    ),
-                ).rowcount
-                if not inserted:
-                    continue  # this very event was recorded before (log replayed after a crash)
-                for destination_id in item.destination_ids:
-                    delivery = Delivery(
-                        id=new_delivery_id(),
-                        tenant_id=m.tenant_id,
-                        event_id=m.id,
-                        destination_id=destination_id,
-                        status=DeliveryStatus.PENDING,
-                        attempts=0,
-                        next_attempt_at_ms=now_ms,
-                        created_at_ms=now_ms,
-                        updated_at_ms=now_ms,
+            # Claim the dedupe keys: a new key, or one whose window has expired, goes to
+            # this event; within one statement the first event of a key wins (rows are
+            # inserted in log order), so a later duplicate in the same batch is dropped.
+            claimed: set[str] = set()
+            for chunk in _chunks([e.meta for e in events], 4):
+                claimed.update(
+                    owner
+                    for (owner,) in c.execute(
+                        "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
+                        f" VALUES {_rows(len(chunk), 4)}"
+                        " ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
+                        " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
+                        " WHERE dedupe.expires_at_ms <= ? RETURNING event_id",
+                        [
+                            *(
+                                v
+                                for m in chunk
+                                for v in (
+                                    m.tenant_id,
+                                    m.dedupe_index,
+                                    m.id,
+                                    now_ms + dedupe_window_ms,
+                                )
+                            ),
+                            now_ms,
+                        ],
                     )
-                    insert_delivery(c, delivery, lease_until_ms=now_ms + lease_ms)
-                    created.append(delivery)
+                )
+            # One row per event id: a record read twice within a batch counts once.
+            kept: list[RoutedEvent] = []
+            for event in events:
+                if event.meta.id in claimed:
+                    claimed.discard(event.meta.id)
+                    kept.append(event)
+            # An event id already recorded (the log replayed after a crash) is ignored,
+            # and gets no deliveries again.
+            inserted: set[str] = set()
+            for part in _chunks(kept, 9):
+                inserted.update(
+                    event_id
+                    for (event_id,) in c.execute(
+                        "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
+                        " name_index, dedupe_index, received_at_ms, ciphertext)"
+                        f" VALUES {_rows(len(part), 9)} RETURNING id",
+                        [
+                            v
+                            for e in part
+                            for v in (
+                                e.meta.tenant_id,
+                                e.meta.id,
+                                e.meta.source_id,
+                                e.meta.kind,
+                                e.meta.type,
+                                e.meta.name_index,
+                                e.meta.dedupe_index,
+                                e.meta.received_at_ms,
+                                e.ciphertext,
+                            )
+                        ],
+                    )
+                )
+            created = [
+                Delivery(
+                    id=new_delivery_id(),
+                    tenant_id=e.meta.tenant_id,
+                    event_id=e.meta.id,
+                    destination_id=destination_id,
+                    status=DeliveryStatus.PENDING,
+                    attempts=0,
+                    next_attempt_at_ms=now_ms,
+                    created_at_ms=now_ms,
+                    updated_at_ms=now_ms,
+                )
+                for e in kept
+                if e.meta.id in inserted
+                for destination_id in e.destination_ids
+            ]
+            insert_deliveries(c, created, lease_until_ms=now_ms + lease_ms)
             return created
 
         return await self._db.write(record)
@@ -151,3 +187,18 @@ class SqliteEventStore:
         )
         rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
         return [event_row(r) for r in rows]
+
+
+# Bound parameters per statement, well under SQLite's limit (32,766 since 3.32).
+_MAX_PARAMETERS = 4_000
+
+
+def _chunks(items: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
+    size = max(1, _MAX_PARAMETERS // columns)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _rows(count: int, columns: int) -> str:
+    row = f"({placeholders(columns)})"
+    return ",".join([row] * count)
