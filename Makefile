@@ -43,8 +43,9 @@ clean:
 
 ## make bench: Tidegate, a webhook receiver and a baseline app on 127.0.0.1: every scenario,
 ## including the sustained 5,000 events/s run and the 10-minute soak (~15-20 minutes).
-## SOAK=0 skips the soak (~5 min); QUICK=1 runs shorter windows without steps or soak (~2 min).
+## SOAK=0 skips the soak (~5 min); SOAK_RATE=N soaks at N events/s instead of 5,000;
+## QUICK=1 runs shorter windows without steps or soak (~2 min).
 ## ENGINE=embedded (default), ENGINE=postgres+kafka, or ENGINE=both (side by side, no soak).
 ## Appends a section to docs/benchmarks.md and writes bench/results/<timestamp>.json.
 bench: $(VENV)/.test-deps
-	$(BIN)/python bench/run.py --engine $(or $(ENGINE),embedded)$(if $(filter 1,$(QUICK)), --quick)$(if $(filter 0,$(SOAK)), --soak-seconds 0)
+	$(BIN)/python bench/run.py --engine $(or $(ENGINE),embedded)$(if $(filter 1,$(QUICK)), --quick)$(if $(filter 0,$(SOAK)), --soak-seconds 0)$(if $(SOAK_RATE), --soak-rate $(SOAK_RATE))

@@ -156,14 +156,16 @@ class EmbeddedDatabase:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = BackendUnavailable(f"embedded database commit failed: {exc}")
-            for job in group:
-                _settle(job, False, failure)
+            _settle([(job, False, failure) for job in group])
             return
-        for job, ok, value in results:
-            if ok or not isinstance(value, sqlite3.Error):
-                _settle(job, ok, value)
-            else:
-                _settle(job, False, BackendUnavailable(f"embedded database write failed: {value}"))
+        _settle(
+            [
+                (job, ok, value)
+                if ok or not isinstance(value, sqlite3.Error)
+                else (job, False, BackendUnavailable(f"embedded database write failed: {value}"))
+                for job, ok, value in results
+            ]
+        )
 
     def _run_jobs(
         self, conn: sqlite3.Connection, group: list[_Job], *, isolated: bool
@@ -213,14 +215,21 @@ class EmbeddedDatabase:
             conn.close()
 
 
-def _settle(job: _Job, ok: bool, value: Any) -> None:
-    def resolve() -> None:
+def _settle(outcomes: list[tuple[_Job, bool, Any]]) -> None:
+    """Resolve the group's futures: one wake-up per event loop, not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, bool, Any]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nothing to tell
+            loop.call_soon_threadsafe(_resolve, settled)
+
+
+def _resolve(outcomes: list[tuple[_Job, bool, Any]]) -> None:
+    for job, ok, value in outcomes:
         if job.future.done():
-            return
+            continue
         if ok:
             job.future.set_result(value)
         else:
             job.future.set_exception(value)
-
-    with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nothing to tell
-        job.loop.call_soon_threadsafe(resolve)

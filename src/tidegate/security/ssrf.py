@@ -85,6 +85,9 @@ _IPV4_COMPATIBLE = IPv6Network("::/96")
 _NAT64 = IPv6Network("64:ff9b::/96")
 
 
+_PASSED_KEPT = 4_096
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedTarget:
     """A URL that passed `SsrfPolicy.check_url`. `ip` is None when `host` is a name."""
@@ -109,9 +112,21 @@ class SsrfPolicy:
             except ValueError as exc:
                 raise ValueError(f"invalid CIDR {cidr!r} in SSRF allow-list: {exc}") from exc
         self._schemes = ("http", "https") if allow_http else ("https",)
+        # URLs that passed: the policy never changes, and a worker checks the same few
+        # destination URLs before every attempt. Cleared when full.
+        self._passed: dict[str, ParsedTarget] = {}
 
     def check_url(self, url: str) -> ParsedTarget:
         """Check `url` without DNS; raise `UnsafeUrl` or return its normalised target."""
+        target = self._passed.get(url)
+        if target is None:
+            target = self._check_url(url)
+            if len(self._passed) >= _PASSED_KEPT:
+                self._passed.clear()
+            self._passed[url] = target
+        return target
+
+    def _check_url(self, url: str) -> ParsedTarget:
         if _FORBIDDEN_CHARS.search(url) or any(ch.isspace() for ch in url):
             raise UnsafeUrl("URL contains whitespace, control characters or backslashes")
         try:
