@@ -16,6 +16,7 @@ from tidegate.runtime import Runtime
 log = structlog.get_logger(__name__)
 _SCAN_S = 1.0
 _CLAIM_LIMIT = 500
+_PURGE_PAUSE_S = 0.01
 
 
 class Worker:
@@ -97,9 +98,13 @@ class Worker:
             await asyncio.sleep(settings.housekeeping_interval_s)
             trimmed = await self._rt.log.trim(self._rt.topic)
             now = now_ms()
-            purged = await self._rt.store.events.purge(
-                now_ms=now, events_before_ms=now - int(settings.event_retention_days * 86_400_000)
-            )
+            purged = 0
+            events_before_ms = now - int(settings.event_retention_days * 86_400_000)
+            while dropped := await self._rt.store.events.purge(
+                now_ms=now, events_before_ms=events_before_ms
+            ):
+                purged += dropped
+                await asyncio.sleep(_PURGE_PAUSE_S)  # writes queued meanwhile go first
             audit_purged = await self._rt.store.audit.purge_audit(
                 now - int(settings.audit_retention_days * 86_400_000)
             )
@@ -107,7 +112,7 @@ class Worker:
                 log.info(
                     "housekeeping.done",
                     log_records_trimmed=trimmed,
-                    events_purged=purged,
+                    events_and_claims_purged=purged,
                     audit_records_purged=audit_purged,
                 )
 

@@ -224,7 +224,8 @@ class EventStore(Protocol):
     async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
         """Housekeeping: drop expired dedupe claims, and events received before
         `events_before_ms` that have no pending delivery, with their deliveries and
-        attempts. Returns the number of events dropped."""
+        attempts; at most a bounded batch of each per call (one short transaction).
+        Returns the number of events and claims dropped: call again while it is not 0."""
         ...
 
     async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None: ...

@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS dedupe (
     expires_at_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, dedupe_index)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at_ms);
+CREATE INDEX IF NOT EXISTS events_age ON events (received_at_ms);
 CREATE TABLE IF NOT EXISTS deliveries (
     id                 TEXT PRIMARY KEY,
     tenant_id          TEXT NOT NULL,

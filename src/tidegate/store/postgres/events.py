@@ -101,7 +101,12 @@ class PostgresEventStore:
 
     async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
         async with self._db.transaction() as conn:
-            await conn.execute("DELETE FROM dedupe WHERE expires_at_ms <= %s", (now_ms,))
+            expired = await conn.execute(
+                "DELETE FROM dedupe WHERE (tenant_id, dedupe_index) IN (SELECT tenant_id,"
+                " dedupe_index FROM dedupe WHERE expires_at_ms <= %s LIMIT %s"
+                " FOR UPDATE SKIP LOCKED)",
+                (now_ms, _PURGE_BATCH),
+            )
             # Locked, so a concurrent replay_events (FOR SHARE) waits and then skips them;
             # skipping locked rows lets two workers' housekeeping run side by side.
             cur = await conn.execute(
@@ -111,9 +116,10 @@ class PostgresEventStore:
                 " LIMIT %s FOR UPDATE SKIP LOCKED",
                 (events_before_ms, _PURGE_BATCH),
             )
+            claims = expired.rowcount
             rows = await cur.fetchall()
             if not rows:
-                return 0
+                return claims
             doomed = "SELECT * FROM unnest(%s::text[], %s::text[])"
             keys = ([r[0] for r in rows], [r[1] for r in rows])
             await conn.execute(
@@ -125,7 +131,7 @@ class PostgresEventStore:
                 f"DELETE FROM deliveries WHERE (tenant_id, event_id) IN ({doomed})", keys
             )
             await conn.execute(f"DELETE FROM events WHERE (tenant_id, id) IN ({doomed})", keys)
-            return len(rows)
+            return len(rows) + claims
 
     async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None:
         row = await self._db.fetch_one(

@@ -115,13 +115,17 @@ class SqliteEventStore:
 
     async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
         def purge(c: sqlite3.Connection) -> int:
-            c.execute("DELETE FROM dedupe WHERE expires_at_ms <= ?", (now_ms,))
+            claims = c.execute(
+                "DELETE FROM dedupe WHERE (tenant_id, dedupe_index) IN (SELECT tenant_id,"
+                " dedupe_index FROM dedupe WHERE expires_at_ms <= ? LIMIT ?)",
+                (now_ms, _PURGE_BATCH),
+            ).rowcount
             doomed = (
                 "SELECT tenant_id, id FROM events e WHERE received_at_ms < ? AND NOT EXISTS"
                 " (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id"
-                " AND d.event_id = e.id AND d.status = 'pending') LIMIT 10000"
+                " AND d.event_id = e.id AND d.status = 'pending') LIMIT ?"
             )
-            rows = c.execute(doomed, (events_before_ms,)).fetchall()
+            rows = c.execute(doomed, (events_before_ms, _PURGE_BATCH)).fetchall()
             for tenant_id, event_id in rows:
                 c.execute(
                     "DELETE FROM attempts WHERE tenant_id = ? AND delivery_id IN"
@@ -135,7 +139,7 @@ class SqliteEventStore:
                 c.execute(
                     "DELETE FROM events WHERE tenant_id = ? AND id = ?", (tenant_id, event_id)
                 )
-            return len(rows)
+            return len(rows) + claims
 
         return await self._db.write(purge)
 
@@ -189,6 +193,8 @@ class SqliteEventStore:
         return [event_row(r) for r in rows]
 
 
+# Rows one purge call deletes at most, per table (housekeeping calls again while full).
+_PURGE_BATCH = 10_000
 # Bound parameters per statement, well under SQLite's limit (32,766 since 3.32).
 _MAX_PARAMETERS = 4_000
 
