@@ -17,6 +17,7 @@ log = structlog.get_logger(__name__)
 _SCAN_S = 1.0
 _CLAIM_LIMIT = 500
 _PURGE_PAUSE_S = 0.01
+_TRIM_INTERVAL_S = 2.0
 
 
 class Worker:
@@ -40,6 +41,7 @@ class Worker:
             asyncio.create_task(self._guard("router", self._router.run)),
             asyncio.create_task(self._guard("scheduler", self._schedule)),
             asyncio.create_task(self._guard("housekeeping", self._housekeep)),
+            asyncio.create_task(self._guard("trim", self._trim)),
         ]
 
     async def _recover(self) -> None:
@@ -91,12 +93,21 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=max(wait_s, 0.01))
 
+    async def _trim(self) -> None:
+        """Trim the log behind every consumer group, a little at a time: every few seconds,
+        so no trim is large enough to hold appends up (a minute's worth at once did)."""
+        interval_s = min(_TRIM_INTERVAL_S, self._rt.settings.housekeeping_interval_s)
+        while True:
+            await asyncio.sleep(interval_s)
+            trimmed = await self._rt.log.trim(self._rt.topic)
+            if trimmed:
+                log.debug("log.trimmed", records=trimmed)
+
     async def _housekeep(self) -> None:
-        """Trim the log behind every consumer group and purge expired store rows."""
+        """Purge expired store rows: dedupe claims, events past retention, audit records."""
         settings = self._rt.settings
         while True:
             await asyncio.sleep(settings.housekeeping_interval_s)
-            trimmed = await self._rt.log.trim(self._rt.topic)
             now = now_ms()
             purged = 0
             events_before_ms = now - int(settings.event_retention_days * 86_400_000)
@@ -108,10 +119,9 @@ class Worker:
             audit_purged = await self._rt.store.audit.purge_audit(
                 now - int(settings.audit_retention_days * 86_400_000)
             )
-            if trimmed or purged or audit_purged:
+            if purged or audit_purged:
                 log.info(
                     "housekeeping.done",
-                    log_records_trimmed=trimmed,
                     events_and_claims_purged=purged,
                     audit_records_purged=audit_purged,
                 )
