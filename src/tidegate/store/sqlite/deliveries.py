@@ -262,24 +262,7 @@ class SqliteDeliveryStore:
 
 
 def insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int | None) -> None:
-    c.execute(
-        "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
-        " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            d.id,
-            d.tenant_id,
-            d.event_id,
-            d.destination_id,
-            d.status.value,
-            d.attempts,
-            d.next_attempt_at_ms,
-            lease_until_ms,
-            d.created_at_ms,
-            d.updated_at_ms,
-            d.replay_of,
-        ),
-    )
+    insert_deliveries(c, [d], lease_until_ms=lease_until_ms)
 
 
 def insert_deliveries(
