@@ -149,8 +149,9 @@ class EmbeddedDatabase:
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
         try:
-            together = self._run_jobs(conn, group, isolated=False)
-            results = together or self._run_jobs(conn, group, isolated=True) or []
+            results = self._run_together(conn, group)
+            if results is None:
+                results = self._run_isolated(conn, group)
         except sqlite3.Error as exc:
             log.error("sqlite.commit_failed", path=str(self.path), error=str(exc))
             if conn.in_transaction:
@@ -167,40 +168,42 @@ class EmbeddedDatabase:
             ]
         )
 
-    def _run_jobs(
-        self, conn: sqlite3.Connection, group: list[_Job], *, isolated: bool
+    def _run_together(
+        self, conn: sqlite3.Connection, group: list[_Job]
     ) -> list[tuple[_Job, bool, Any]] | None:
-        """Run the group's jobs in one transaction and commit it.
-
-        Not isolated (the common case), the jobs run back to back; if one fails in a
-        group of several, the transaction is rolled back and None returned, and the
-        caller runs the group again isolated: each job in its own SAVEPOINT, so one
-        failing write does not undo the others. Two statements fewer per job on the
-        way that matters, each a round trip for the GIL with the event loop's thread.
-        """
+        """The common case: the group's jobs back to back in one transaction, committed.
+        If one fails in a group of several, roll back and return None (the caller runs
+        the group isolated). No SAVEPOINT per job: two statements fewer each, and every
+        statement is a round trip for the GIL with the event loop's thread."""
         results: list[tuple[_Job, bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         for job in group:
-            if isolated:
-                conn.execute("SAVEPOINT job")
             try:
                 value = job.fn(conn)
             except Exception as exc:  # noqa: BLE001 - returned to that job's caller
-                if not isolated:
-                    conn.execute("ROLLBACK")
-                    return None if len(group) > 1 else [(job, False, exc)]
+                conn.execute("ROLLBACK")
+                return None if len(group) > 1 else [(job, False, exc)]
+            results.append((job, True, _detached(value)))
+        conn.execute("COMMIT")
+        return results
+
+    def _run_isolated(
+        self, conn: sqlite3.Connection, group: list[_Job]
+    ) -> list[tuple[_Job, bool, Any]]:
+        """Each job in its own SAVEPOINT, so a failing write does not undo the others."""
+        results: list[tuple[_Job, bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for job in group:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = job.fn(conn)
+            except Exception as exc:  # noqa: BLE001 - returned to that job's caller
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
                 results.append((job, False, exc))
-                continue
-            if isolated:
+            else:
                 conn.execute("RELEASE job")
-            if isinstance(value, sqlite3.Cursor):
-                # A cursor must not reach the event loop's thread: freed there, it
-                # resets a cached statement this thread may be running (SQLITE_MISUSE).
-                value.close()
-                value = None
-            results.append((job, True, value))
+                results.append((job, True, _detached(value)))
         conn.execute("COMMIT")
         return results
 
@@ -213,6 +216,15 @@ class EmbeddedDatabase:
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
+
+
+def _detached(value: Any) -> Any:
+    """A cursor must not reach the event loop's thread: freed there, it resets a cached
+    statement the writer thread may be running (SQLITE_MISUSE). Close it here."""
+    if isinstance(value, sqlite3.Cursor):
+        value.close()
+        return None
+    return value
 
 
 def _settle(outcomes: list[tuple[_Job, bool, Any]]) -> None:
