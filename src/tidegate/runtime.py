@@ -47,7 +47,11 @@ def open_runtime(settings: Settings) -> Runtime:
     key_ring = open_key_ring(settings.kms_url or settings.resolved_key_file)
     return Runtime(
         settings=settings,
-        log=open_event_log(settings.resolved_log_url),
+        log=open_event_log(
+            settings.resolved_log_url,
+            partition=settings.process_index,
+            processes=settings.processes,
+        ),
         store=store,
         key_ring=key_ring,
         envelope=Envelope(key_ring, store.tenants),

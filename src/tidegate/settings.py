@@ -42,6 +42,20 @@ class Settings(BaseSettings):
     roles: Annotated[frozenset[Literal["api", "worker"]], NoDecode] = Field(
         default=frozenset({"api", "worker"}), description="Comma-separated: api, worker."
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="`serve` runs this many processes on one port: the first runs the"
+        " api and worker roles, the others the api role, each appending to a log partition"
+        " of its own on the embedded engine.",
+    )
+    process_index: int = Field(
+        default=0,
+        ge=0,
+        description="This process's place among `processes` (set by `serve` for the"
+        " processes it starts; not for operators).",
+    )
     dedupe_window_s: float = Field(default=24 * 3600, gt=0, description="messageId dedupe window.")
     delivery_timeout_s: float = Field(default=15.0, gt=0, le=300)
     delivery_concurrency: int = Field(
@@ -106,6 +120,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _process_index_in_range(self) -> Settings:
+        if self.process_index >= self.processes:
+            raise ValueError(
+                f"TIDEGATE_PROCESS_INDEX {self.process_index} is not below"
+                f" TIDEGATE_PROCESSES {self.processes}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dev_tokens_only_when_embedded(self) -> Settings:

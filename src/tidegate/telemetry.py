@@ -7,12 +7,14 @@ log line whatever the call site passes.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 SECRET_KEYS = frozenset(
     {
@@ -32,6 +34,18 @@ SECRET_KEYS = frozenset(
         "context",
     }
 )
+
+
+def metrics_registry() -> CollectorRegistry:
+    """What /metrics shows: this process's metrics, or, under `serve --processes N`
+    (PROMETHEUS_MULTIPROC_DIR set), the sum over every process of the server, whichever
+    one answers the scrape."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
 
 INGESTED = Counter("tidegate_events_ingested_total", "Events durably accepted", ["kind"])
 REJECTED = Counter("tidegate_requests_rejected_total", "Ingest requests refused", ["code"])

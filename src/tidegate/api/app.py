@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import structlog
@@ -32,7 +33,7 @@ from tidegate.api.manage import build_manage_router
 from tidegate.api.operate import build_operate_router
 from tidegate.api.read import build_read_router
 from tidegate.errors import TidegateError
-from tidegate.pipeline.runner import Worker
+from tidegate.pipeline.runner import Worker, guarded, trim_log
 from tidegate.runtime import Runtime
 from tidegate.security import devissuer
 from tidegate.security.audit import Auditor
@@ -168,8 +169,11 @@ def build_app(runtime: Runtime) -> Front:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         meter_task = asyncio.create_task(runtime.meter.run())
+        background = [meter_task]
         if worker is not None:
             worker.start()
+        elif settings.process_index > 0:  # an extra api process trims its own log partition
+            background.append(asyncio.create_task(guarded("trim", partial(trim_log, runtime))))
         log.info("tidegate.started", region=settings.region, roles=sorted(settings.roles))
         try:
             yield
@@ -178,9 +182,10 @@ def build_app(runtime: Runtime) -> Front:
             if worker is not None:
                 await worker.stop()
             await validator.aclose()
-            meter_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await meter_task
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runtime.aclose()
             log.info("tidegate.stopped")
 
@@ -218,7 +223,9 @@ def build_app(runtime: Runtime) -> Front:
         return JSONResponse({"status": "ready"})
 
     async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(
+            generate_latest(telemetry.metrics_registry()), media_type=CONTENT_TYPE_LATEST
+        )
 
     for path, endpoint in (("/livez", livez), ("/readyz", readyz), ("/metrics", metrics)):
         app.add_api_route(

@@ -6,9 +6,11 @@ import asyncio
 import gc
 import json
 import os
+import shutil
 import signal
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import uvicorn
@@ -16,6 +18,7 @@ import uvicorn
 from tidegate import admin
 from tidegate.api.app import build_app
 from tidegate.cli.common import load_settings
+from tidegate.cli.processes import ApiProcesses, listening_socket, on_lifeline_closed
 from tidegate.errors import TidegateError
 from tidegate.model import DestinationId, TenantId
 from tidegate.runtime import Runtime, open_runtime
@@ -27,14 +30,35 @@ from tidegate.telemetry import configure_logging
 @click.option("--host", help="Listen address (TIDEGATE_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="Listen port (TIDEGATE_PORT, default 8000).")
 @click.option("--demo", is_flag=True, help="Create a demo tenant, source and destination.")
-def serve(host: str | None, port: int | None, demo: bool) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    help="Processes on the port (TIDEGATE_PROCESSES, default 1): this one runs the api and"
+    " worker roles, the others the api role.",
+)
+@click.option("--lifeline-fd", type=int, hidden=True, help="Set by process 0 for the others.")
+def serve(
+    host: str | None,
+    port: int | None,
+    demo: bool,
+    processes: int | None,
+    lifeline_fd: int | None,
+) -> None:
     """Run the api and worker roles (SIGTERM drains and exits 0)."""
     overrides: dict[str, Any] = {}
     if host:
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
-    base = load_settings()
+    if processes is not None:
+        overrides["processes"] = processes
+    base = load_settings(**overrides)
+    if (demo or base.demo) and base.processes > 1:
+        raise click.UsageError(
+            "--demo runs in one process (its receiver keeps what it got in memory)"
+        )
+    if base.processes > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        _restart_with_shared_metrics(base.data_dir / "metrics")
     if demo or base.demo:
         # The demo destination is this process's own receiver on http://127.0.0.1.
         overrides["demo"] = True
@@ -47,12 +71,28 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
     try:
         import uvloop
 
-        uvloop.run(_serve(settings))
+        uvloop.run(_serve(settings, lifeline_fd))
     except TidegateError as exc:
         raise click.ClickException(exc.detail) from exc
 
 
-async def _serve(settings: Settings) -> None:
+def _restart_with_shared_metrics(directory: Path) -> NoReturn:
+    """Run this command again (same pid) with every process's metrics in `directory`, so
+    /metrics sums the processes whichever answers. prometheus_client picks where metric
+    values live when it is imported, which has happened by now; hence the exec. The
+    directory is emptied first: the previous run's counts are not this run's."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700, parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    # Our own interpreter and arguments, no shell.
+    os.execv(sys.executable, [sys.executable, "-m", "tidegate", *sys.argv[1:]])  # noqa: S606
+
+
+async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
+    sockets = None
+    if settings.processes > 1:
+        # Every process binds the port (SO_REUSEPORT); the kernel spreads connections.
+        sockets = [listening_socket(settings.host, settings.port)]
     runtime = open_runtime(settings)
     app = build_app(runtime)
     if settings.demo:
@@ -79,7 +119,24 @@ async def _serve(settings: Settings) -> None:
         signal.signal(sig, lambda *_: None)
     if settings.demo:
         asyncio.get_running_loop().call_later(0.5, _print_demo, settings, demo)
-    await server.serve()
+    if lifeline_fd is not None:
+        on_lifeline_closed(lifeline_fd, lambda: setattr(server, "should_exit", True))
+    if sockets is None or settings.process_index > 0:
+        await server.serve(sockets=sockets)
+        return
+    others = ApiProcesses(settings, port=sockets[0].getsockname()[1])
+    serving = asyncio.create_task(server.serve(sockets=sockets))
+    # uvicorn.Server tells start and exit by attributes only (its own main loop polls them).
+    try:
+        while not server.started and not serving.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if server.started:  # its start-up (migrations, keys) is done: theirs finds it done
+            await others.start()
+        while not server.should_exit and not serving.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    finally:
+        await others.stop()
+        await serving
 
 
 async def ensure_demo(runtime: Runtime) -> dict[str, str]:

@@ -1,22 +1,30 @@
-"""SqliteEventLog: the embedded log, one SQLite file in WAL mode with group commit.
+"""SqliteEventLog: the embedded log, SQLite files in WAL mode with group commit.
 
-One partition per topic: order is global, which keeps every tenant's order too.
-Consumers in this process are woken by appends; an append made by another process
-(the CLI, or a separate api process) is noticed within `poll_s`.
+Partition 0 is the main file (`log.db`), which also holds every consumer group's
+offsets. `tidegate serve --processes N` gives each extra api process a partition file
+of its own (`log-1.db`, ... `log-<N-1>.db`), so every file has exactly one process
+appending to it and no process waits on another's lock. Order is kept per partition,
+which is per connection: events sent one after the other on a connection stay in order.
+
+Consumers read every partition file in the directory; they are woken by appends made
+in this process, and notice appends made by other processes (the CLI, the other api
+processes) within `poll_s`, or every few milliseconds while other partitions exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
 
-from tidegate.embedded import EmbeddedDatabase, sqlite_path
+from tidegate.embedded import EmbeddedDatabase, connect, sqlite_path
 from tidegate.eventlog.base import Batch, LogRecord, Record
 
-SCHEMA = """
+RECORDS = """
 CREATE TABLE IF NOT EXISTS records (
     topic     TEXT    NOT NULL,
     pos       INTEGER NOT NULL,
@@ -24,27 +32,80 @@ CREATE TABLE IF NOT EXISTS records (
     value     BLOB    NOT NULL,
     PRIMARY KEY (topic, pos)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS group_offsets (
+"""
+MAIN = (
+    RECORDS
+    + """
+CREATE TABLE IF NOT EXISTS offsets (
     grp       TEXT    NOT NULL,
     topic     TEXT    NOT NULL,
+    part      INTEGER NOT NULL,
     committed INTEGER NOT NULL,
-    PRIMARY KEY (grp, topic)
+    PRIMARY KEY (grp, topic, part)
 ) WITHOUT ROWID;
+"""
+)
+# Before partitions, offsets were kept per (group, topic) in `group_offsets`: partition 0.
+_UPGRADE = """
+BEGIN IMMEDIATE;
+INSERT OR IGNORE INTO offsets (grp, topic, part, committed)
+    SELECT grp, topic, 0, committed FROM group_offsets;
+DROP TABLE group_offsets;
+COMMIT;
 """
 
 
-class SqliteEventLog:
-    """The embedded EventLog."""
+def partition_path(main: Path, partition: int) -> Path:
+    """`log.db` for partition 0, `log-3.db` for partition 3."""
+    return main if partition == 0 else main.with_name(f"{main.stem}-{partition}{main.suffix}")
 
-    def __init__(self, path: Path, *, poll_s: float = 0.5) -> None:
-        self._db = EmbeddedDatabase(path, SCHEMA)
+
+class SqliteEventLog:
+    """The embedded EventLog.
+
+    `partition` is the partition this process appends to; `processes` is how many
+    processes append (one partition each). Partition 0's process also trims the
+    partitions no running process owns (left by an earlier run with more processes).
+    """
+
+    def __init__(
+        self, path: Path, *, partition: int = 0, processes: int = 1, poll_s: float = 0.5
+    ) -> None:
+        if not 0 <= partition < processes:
+            raise ValueError(f"partition {partition} is not one of {processes} processes")
+        self._path = path
+        self._main = EmbeddedDatabase(path, MAIN)
+        _upgrade(path)
+        self._partition = partition
+        self._processes = processes
+        self._files: dict[int, EmbeddedDatabase] = {0: self._main}
+        self._own = self._open(partition)
+        if partition == 0:  # the consumers' process: they read every partition
+            for index in range(1, processes):
+                self._open(index)
         self._poll_s = poll_s
         self._wakeups: dict[str, asyncio.Event] = {}
         self._closing = asyncio.Event()
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteEventLog:
-        return cls(sqlite_path(url, "TIDEGATE_LOG_URL"))
+    def from_url(cls, url: str, *, partition: int = 0, processes: int = 1) -> SqliteEventLog:
+        return cls(sqlite_path(url, "TIDEGATE_LOG_URL"), partition=partition, processes=processes)
+
+    def _open(self, partition: int) -> EmbeddedDatabase:
+        db = self._files.get(partition)
+        if db is None:
+            db = self._files[partition] = EmbeddedDatabase(
+                partition_path(self._path, partition), RECORDS, readers=1
+            )
+        return db
+
+    def _discover(self) -> dict[int, EmbeddedDatabase]:
+        """Every partition file in the directory, those of processes gone included."""
+        pattern = re.compile(rf"{re.escape(self._path.stem)}-(\d+){re.escape(self._path.suffix)}")
+        for found in self._path.parent.glob(f"{self._path.stem}-*{self._path.suffix}"):
+            if (match := pattern.fullmatch(found.name)) and int(match[1]) > 0:
+                self._open(int(match[1]))
+        return dict(sorted(self._files.items()))
 
     def _wakeup(self, topic: str) -> asyncio.Event:
         return self._wakeups.setdefault(topic, asyncio.Event())
@@ -63,90 +124,113 @@ class SqliteEventLog:
                 [(topic, last + 1 + i, key, value) for i, (key, value) in enumerate(rows)],
             )
 
-        await self._db.write(insert)
+        await self._own.write(insert)
         self._wakeup(topic).set()
 
     async def consume(
         self, topic: str, group: str, *, max_records: int = 500
     ) -> AsyncIterator[Batch]:
         wakeup = self._wakeup(topic)
-        position = await self._db.read(lambda c: _committed(c, group, topic))
+        positions = await self._main.read(lambda c: _committed(c, group, topic))
+        files = self._discover()
+        discovered = time.monotonic()
         while not self._closing.is_set():
             wakeup.clear()
-            rows = self._db.read_now(partial(_read_after, topic, position, max_records))
-            if rows:
-                position = rows[-1][0]
+            found = False
+            # One batch per partition per round: a busy partition does not starve the rest.
+            for partition, db in files.items():
+                after = positions.get(partition, -1)
+                rows = db.read_now(partial(_read_after, topic, after, max_records))
+                if not rows:
+                    continue
+                found = True
+                positions[partition] = rows[-1][0]
                 yield Batch(
                     topic=topic,
                     group=group,
-                    records=tuple(LogRecord(0, off, key, value) for off, key, value in rows),
+                    records=tuple(
+                        LogRecord(partition, off, key, value) for off, key, value in rows
+                    ),
                 )
+            if found:
                 continue
+            if time.monotonic() - discovered > _DISCOVER_S:
+                files = self._discover()
+                discovered = time.monotonic()
+            # Appends by other processes wake no one here: look again soon.
+            timeout = _CROSS_PROCESS_POLL_S if len(files) > 1 else self._poll_s
             waiter = asyncio.ensure_future(wakeup.wait())
             closer = asyncio.ensure_future(self._closing.wait())
             try:
-                await asyncio.wait(
-                    {waiter, closer}, timeout=self._poll_s, return_when="FIRST_COMPLETED"
-                )
+                await asyncio.wait({waiter, closer}, timeout=timeout, return_when="FIRST_COMPLETED")
             finally:
                 waiter.cancel()
                 closer.cancel()
 
     async def commit(self, batch: Batch) -> None:
-        if not batch.records:
+        latest: dict[int, int] = {}
+        for record in batch.records:
+            latest[record.partition] = max(record.offset, latest.get(record.partition, -1))
+        if not latest:
             return
-        last = batch.records[-1].offset
 
         def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO group_offsets (grp, topic, committed) VALUES (?, ?, ?)"
-                " ON CONFLICT (grp, topic) DO UPDATE"
+            conn.executemany(
+                "INSERT INTO offsets (grp, topic, part, committed) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (grp, topic, part) DO UPDATE"
                 " SET committed = MAX(committed, excluded.committed)",
-                (batch.group, batch.topic, last),
+                [(batch.group, batch.topic, part, last) for part, last in latest.items()],
             )
 
-        await self._db.write(save)
+        await self._main.write(save)
 
     async def trim(self, topic: str) -> int:
-        """Delete records every group has committed; the newest record always stays, so
-        offsets keep growing from it. At most _TRIM_CHUNK records per transaction, with a
-        pause after each, so appends queued behind a large trim wait for one small chunk,
-        not for all of it (at 1,200 events/s, a minute's trim in one go held every append
-        up by 50-110 ms per group for over a second)."""
-
-        def delete(conn: sqlite3.Connection) -> int:
-            (floor,) = conn.execute(
-                "SELECT MIN(committed) FROM group_offsets WHERE topic = ?", (topic,)
-            ).fetchone()
-            if floor is None:
-                return 0
-            (oldest, newest) = conn.execute(
-                "SELECT MIN(pos), COALESCE(MAX(pos), -1) FROM records WHERE topic = ?", (topic,)
-            ).fetchone()
-            if oldest is None:
-                return 0
-            return int(
-                conn.execute(
-                    "DELETE FROM records WHERE topic = ? AND pos <= ? AND pos < ? AND pos < ?",
-                    (topic, floor, newest, oldest + _TRIM_CHUNK),
-                ).rowcount
-            )
-
+        """Delete records every group has committed, in the partitions this process owns
+        (its own; for partition 0, also those no running process owns). The newest record
+        of a partition always stays, so its offsets keep growing from it. At most
+        _TRIM_CHUNK records per transaction, with a pause after each, so appends queued
+        behind a large trim wait for one small chunk, not for all of it (at 1,200 events/s,
+        a minute's trim in one go held every append up by 50-110 ms per group for over a
+        second)."""
+        floors = await self._main.read(partial(_floors, topic))
+        owned = [self._partition]
+        if self._partition == 0:
+            owned += [p for p in self._discover() if p >= self._processes]
         trimmed = 0
-        while (deleted := await self._db.write(delete)) > 0:
-            trimmed += deleted
-            # A pause between chunks: appends meanwhile commit in groups of their own,
-            # not behind a trim (each chunk's delete makes its group slower to commit).
-            await asyncio.sleep(_TRIM_PAUSE_S)
+        for partition in owned:
+            floor = floors.get(partition)
+            if floor is None:
+                continue
+            delete = partial(_delete_chunk, topic, floor)
+            db = self._files[partition]
+            while (deleted := await db.write(delete)) > 0:
+                trimmed += deleted
+                # A pause between chunks: appends meanwhile commit in groups of their own,
+                # not behind a trim (each chunk's delete makes its group slower to commit).
+                await asyncio.sleep(_TRIM_PAUSE_S)
         return trimmed
 
     async def aclose(self) -> None:
         self._closing.set()
-        await self._db.aclose()
+        for db in self._files.values():
+            await db.aclose()
 
 
 _TRIM_CHUNK = 1_000
 _TRIM_PAUSE_S = 0.01
+_CROSS_PROCESS_POLL_S = 0.005
+_DISCOVER_S = 1.0
+
+
+def _upgrade(path: Path) -> None:
+    conn = connect(path)
+    try:
+        if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'group_offsets'"
+        ).fetchone():
+            conn.executescript(_UPGRADE)
+    finally:
+        conn.close()
 
 
 def _read_after(
@@ -158,8 +242,30 @@ def _read_after(
     ).fetchall()
 
 
-def _committed(conn: sqlite3.Connection, group: str, topic: str) -> int:
-    row = conn.execute(
-        "SELECT committed FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)
+def _committed(conn: sqlite3.Connection, group: str, topic: str) -> dict[int, int]:
+    rows = conn.execute(
+        "SELECT part, committed FROM offsets WHERE grp = ? AND topic = ?", (group, topic)
+    ).fetchall()
+    return {int(part): int(committed) for part, committed in rows}
+
+
+def _floors(topic: str, conn: sqlite3.Connection) -> dict[int, int]:
+    """Per partition, the lowest offset every group has committed."""
+    rows = conn.execute(
+        "SELECT part, MIN(committed) FROM offsets WHERE topic = ? GROUP BY part", (topic,)
+    ).fetchall()
+    return {int(part): int(floor) for part, floor in rows}
+
+
+def _delete_chunk(topic: str, floor: int, conn: sqlite3.Connection) -> int:
+    (oldest, newest) = conn.execute(
+        "SELECT MIN(pos), COALESCE(MAX(pos), -1) FROM records WHERE topic = ?", (topic,)
     ).fetchone()
-    return int(row[0]) if row else -1
+    if oldest is None:
+        return 0
+    return int(
+        conn.execute(
+            "DELETE FROM records WHERE topic = ? AND pos <= ? AND pos < ? AND pos < ?",
+            (topic, floor, newest, oldest + _TRIM_CHUNK),
+        ).rowcount
+    )

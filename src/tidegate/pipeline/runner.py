@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 
@@ -38,10 +40,10 @@ class Worker:
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._recover()),
-            asyncio.create_task(self._guard("router", self._router.run)),
-            asyncio.create_task(self._guard("scheduler", self._schedule)),
-            asyncio.create_task(self._guard("housekeeping", self._housekeep)),
-            asyncio.create_task(self._guard("trim", self._trim)),
+            asyncio.create_task(guarded("router", self._router.run)),
+            asyncio.create_task(guarded("scheduler", self._schedule)),
+            asyncio.create_task(guarded("housekeeping", self._housekeep)),
+            asyncio.create_task(guarded("trim", partial(trim_log, self._rt))),
         ]
 
     async def _recover(self) -> None:
@@ -55,18 +57,6 @@ class Worker:
     def wake(self) -> None:
         """Look for due deliveries now (after a replay, or a breaker closing)."""
         self._kick.set()
-
-    async def _guard(self, name: str, loop: object) -> None:
-        assert callable(loop)  # noqa: S101
-        while True:
-            try:
-                await loop()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("worker.loop_crashed", loop=name)
-                await asyncio.sleep(1)
 
     async def _schedule(self) -> None:
         """Claim due deliveries (retries, replays, leases lapsed after a crash)."""
@@ -92,16 +82,6 @@ class Worker:
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), timeout=max(wait_s, 0.01))
-
-    async def _trim(self) -> None:
-        """Trim the log behind every consumer group, a little at a time: every few seconds,
-        so no trim is large enough to hold appends up (a minute's worth at once did)."""
-        interval_s = min(_TRIM_INTERVAL_S, self._rt.settings.housekeeping_interval_s)
-        while True:
-            await asyncio.sleep(interval_s)
-            trimmed = await self._rt.log.trim(self._rt.topic)
-            if trimmed:
-                log.debug("log.trimmed", records=trimmed)
 
     async def _housekeep(self) -> None:
         """Purge expired store rows: dedupe claims, events past retention, audit records."""
@@ -134,3 +114,29 @@ class Worker:
                 await task
         await self.dispatcher.drain(drain_timeout_s)
         await self._sender.aclose()
+
+
+async def guarded(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run `loop`; when it crashes, log it and start it again a second later."""
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker.loop_crashed", loop=name)
+            await asyncio.sleep(1)
+
+
+async def trim_log(runtime: Runtime) -> None:
+    """Trim the log behind every consumer group, a little at a time: every few seconds,
+    so no trim is large enough to hold appends up (a minute's worth at once did). Runs
+    in the worker, and in each extra api process of `serve --processes` for the log
+    partition it appends to."""
+    interval_s = min(_TRIM_INTERVAL_S, runtime.settings.housekeeping_interval_s)
+    while True:
+        await asyncio.sleep(interval_s)
+        trimmed = await runtime.log.trim(runtime.topic)
+        if trimmed:
+            log.debug("log.trimmed", records=trimmed)

@@ -1,0 +1,183 @@
+"""`tidegate serve --processes N` on the embedded engine: one port, N real processes.
+
+Process 0 runs the api and worker roles and starts the others (api role), each
+appending to a log partition file of its own. These tests send over many connections,
+kill processes, and check that every acknowledged event is delivered exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import Receiver, TenantHandle, Tidegate, wait_until
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) counts as gone.
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
+def _appended(data_dir: Path, name: str) -> int:
+    """Records ever appended to one partition file (the newest one is never trimmed)."""
+    with closing(sqlite3.connect(data_dir / name)) as conn:
+        (newest,) = conn.execute("SELECT COALESCE(MAX(pos), -1) FROM records").fetchone()
+    return int(newest) + 1
+
+
+def _send(tenant: TenantHandle, prefix: str, connections: int, per_connection: int) -> set[str]:
+    """Events sent on `connections` keep-alive connections; the messageIds acknowledged."""
+
+    def one_connection(c: int) -> set[str]:
+        acked = set()
+        with requests.Session() as http:
+            for i in range(per_connection):
+                message_id = f"{prefix}-{c}-{i}"
+                try:
+                    answer = http.post(
+                        tenant.tg.base + "/v1/track",
+                        json={"userId": "u1", "event": "Signed Up", "messageId": message_id},
+                        auth=(tenant.write_key, ""),
+                        timeout=10,
+                    )
+                except requests.ConnectionError:  # its process was killed: reconnect
+                    continue
+                if answer.status_code == 200:
+                    acked.add(message_id)
+        return acked
+
+    with ThreadPoolExecutor(connections) as pool:
+        return set().union(*pool.map(one_connection, range(connections)))
+
+
+def _delivered(receiver: Receiver, path: str) -> list[str]:
+    return [json.loads(r.body)["messageId"] for r in receiver.at(path)]
+
+
+def _all_serving(tg: Tidegate, processes: int) -> bool:
+    """Every process has started (each logs tidegate.started once it listens)."""
+    return tg.logs().count('"event": "tidegate.started"') >= processes
+
+
+@pytest.fixture
+def cluster(fresh_dir: Path) -> Iterator[Tidegate]:
+    tg = Tidegate(fresh_dir).start("--processes", "3")
+    wait_until(lambda: _all_serving(tg, 3), timeout=30)
+    yield tg
+    if tg.proc is not None and tg.proc.poll() is None:
+        tg.stop()
+
+
+def test_three_processes_share_the_port_and_every_event_is_delivered_once(
+    cluster: Tidegate, receiver: Receiver
+) -> None:
+    assert cluster.proc is not None
+    wait_until(lambda: len(_children(cluster.proc.pid)) == 2, timeout=20)
+    tenant = cluster.tenant()
+    tenant.destination(receiver.on("/processes/once", 200))
+
+    # 24 connections: the kernel spreads them by a hash, so each process gets some.
+    acked = _send(tenant, "once", connections=24, per_connection=20)
+
+    assert len(acked) == 480
+    wait_until(lambda: len(_delivered(receiver, "/processes/once")) >= 480, timeout=30)
+    time.sleep(0.5)  # a duplicate would arrive about now
+    delivered = _delivered(receiver, "/processes/once")
+    assert sorted(delivered) == sorted(acked)
+    # Each process took connections and appended to its own partition.
+    for name in ("log.db", "log-1.db", "log-2.db"):
+        assert _appended(cluster.data_dir, name) > 0, name
+    # ... and all of them answer the read API (the events are in the one store).
+    listed = tenant.get("/v1/events", limit=500).json()["data"]
+    assert len(listed) == 480
+    # /metrics sums every process, whichever answers (a new connection each time).
+    for _ in range(6):
+        scrape = requests.get(cluster.base + "/metrics", timeout=10).text
+        ingested = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in scrape.splitlines()
+            if line.startswith("tidegate_events_ingested_total{")
+        )
+        assert ingested == 480, scrape[:2000]
+
+    assert cluster.stop() == 0, cluster.logs()[-3000:]
+
+
+def test_a_killed_api_process_is_replaced_and_nothing_acknowledged_is_lost(
+    cluster: Tidegate, receiver: Receiver
+) -> None:
+    assert cluster.proc is not None
+    wait_until(lambda: len(_children(cluster.proc.pid)) == 2, timeout=20)
+    tenant = cluster.tenant()
+    tenant.destination(receiver.on("/processes/kill", 200))
+    victim = _children(cluster.proc.pid)[0]
+
+    with ThreadPoolExecutor(1) as pool:
+        sending = pool.submit(_send, tenant, "kill", 8, 60)
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        acked = sending.result()
+
+    # Requests in flight on the killed process's connections failed (their clients
+    # retry); every acknowledged one must be delivered.
+    assert len(acked) > 240
+    wait_until(
+        lambda: len(_children(cluster.proc.pid)) == 2 and victim not in _children(cluster.proc.pid),
+        timeout=20,
+    )
+    assert "serve.process_exited" in cluster.logs()
+    acked |= _send(tenant, "after", connections=8, per_connection=10)
+    wait_until(lambda: set(_delivered(receiver, "/processes/kill")) >= acked, timeout=30)
+    time.sleep(0.5)
+    delivered = _delivered(receiver, "/processes/kill")
+    assert len(delivered) == len(set(delivered))
+    assert cluster.stop() == 0, cluster.logs()[-3000:]
+
+
+def test_sigterm_stops_them_all_and_a_killed_process_0_takes_the_others_with_it(
+    fresh_dir: Path,
+) -> None:
+    tg = Tidegate(fresh_dir).start("--processes", "3")
+    assert tg.proc is not None
+    children = wait_until(lambda: c if len(c := _children(tg.proc.pid)) == 2 else None)
+    assert tg.stop() == 0
+    wait_until(lambda: not any(_alive(c) for c in children), timeout=10)
+
+    tg.start("--processes", "3")
+    children = wait_until(lambda: c if len(c := _children(tg.proc.pid)) == 2 else None)
+    tg.kill()
+    # They notice their lifeline closing, drain and exit.
+    wait_until(lambda: not any(_alive(c) for c in children), timeout=30)
+
+
+def test_the_demo_is_refused_with_several_processes(fresh_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidegate", "serve", "--demo", "--processes", "2"],
+        env={**os.environ, "TIDEGATE_DATA_DIR": str(fresh_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--demo runs in one process" in done.stderr
