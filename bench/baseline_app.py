@@ -1,15 +1,17 @@
 """The machine's ceiling: the smallest ASGI app, under uvicorn with httptools and uvloop.
 
-    python bench/baseline_app.py --port PORT
+    python bench/baseline_app.py --port PORT [--workers N]
 
 Reads the request body and answers 200 {"success":true}, like Tidegate's ingest, with
-none of its work. The benchmark hits it with the same generator as Tidegate.
+none of its work. The benchmark hits it with the same generator as Tidegate, and runs
+it in as many processes (uvicorn workers) as Tidegate's `serve --processes`.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -45,9 +47,13 @@ async def app(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     uvicorn.run(
-        app,
+        # uvicorn starts workers from an import string
+        "baseline_app:app" if args.workers > 1 else app,
+        app_dir=str(Path(__file__).parent),
+        workers=args.workers,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",

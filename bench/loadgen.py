@@ -17,24 +17,44 @@ record per event, and a cap on requests in flight, so the generator's memory sta
 bounded over any duration.
 
 Every loop is bounded by a request count and a deadline.
+
+The loops send through `rawhttp.Client` (keep-alive HTTP/1.1 on raw asyncio, httptools
+for the responses) and are driven by its callbacks: no Task per request. A closed-loop
+sender sends its next request from the callback of the previous one; an open loop wakes
+up at the intended send time of the next request due (a timerfd, bench/alarm.py: uvloop's
+own timers count whole milliseconds), sends every request due, and sleeps again, at
+least MIN_GAP_S. A request due while every connection is busy waits for the first one
+free, timed from its intended time all along. aiohttp (`session`) is left for the few
+control calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
+import rawhttp
+from alarm import Alarm
 from stats import Bitmap, LogHistogram
 
 OK_BODY = b'{"success":true}'
+# (request index, intended send time (perf_counter)): send request i
+Dispatch = Callable[[int, float], None]
+# The open loops wake up at most this often: a wake-up costs ~20 µs of CPU on the small
+# machines the benchmark runs on, as much as sending and receiving a request, so above
+# 1 / MIN_GAP_S requests/s the requests due within one gap go out together, each at most
+# this late (its dispatch lag, part of its latency as any lateness is).
+MIN_GAP_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,8 @@ def get_target(url: str, headers: dict[str, str], ok: Callable[[int, bytes], boo
 
 
 def session(connections: int) -> aiohttp.ClientSession:
+    """An aiohttp session, for the benchmark's few control calls (polling the receiver,
+    the read API, /metrics); the measured loads go through `client`."""
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, force_close=False)
     return aiohttp.ClientSession(
         connector=connector,
@@ -145,28 +167,121 @@ def session(connections: int) -> aiohttp.ClientSession:
     )
 
 
-async def _send(http: aiohttp.ClientSession, target: Target, request: Request) -> str | None:
+def client(connections: int) -> rawhttp.Client:
+    """The client the loops below send with: at most `connections` keep-alive connections
+    per origin, a few µs of CPU per request (see bench/rawhttp.py)."""
+    return rawhttp.Client(connections)
+
+
+def _outcome(target: Target, error: str | None, status: int, body: bytes) -> str | None:
     """None if the answer is what `target.ok` expects, else a short error label."""
-    try:
-        async with http.request(
-            target.method,
-            target.url,
-            data=request.body,
-            headers=target.headers,
-            timeout=aiohttp.ClientTimeout(total=target.timeout_s),
-        ) as response:
-            body = await response.read()
-            return None if target.ok(response.status, body) else f"HTTP {response.status}"
-    except TimeoutError:
-        return "timeout"
-    except aiohttp.ClientError as exc:
-        return type(exc).__name__
-    except OSError as exc:
-        return f"OSError {exc.errno}"
+    if error is not None:
+        return error
+    return None if target.ok(status, body) else f"HTTP {status}"
+
+
+async def _run_schedule(count: int, rate: float, t0: float, dispatch: Dispatch) -> None:
+    """Call `dispatch(i, intended)` for i in range(count), each once its intended time
+    t0 + i/rate has come: at each wake-up every request due, then sleep until the next
+    is (at least MIN_GAP_S after this wake-up). Callbacks, no Task per wake-up."""
+    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    i = 0
+
+    def tick() -> None:
+        nonlocal i
+        try:
+            intended = t0 + i / rate
+            now = time.perf_counter()
+            while intended <= now:
+                dispatch(i, intended)
+                i += 1
+                if i == count:
+                    finished.set_result(None)
+                    return
+                intended = t0 + i / rate
+                now = time.perf_counter()
+            alarm.call_at(max(intended, now + MIN_GAP_S), tick)
+        except Exception as exc:  # noqa: BLE001 - raised by the awaiting coroutine
+            finished.set_exception(exc)
+
+    if count <= 0:
+        return
+    with Alarm() as alarm:
+        tick()
+        await finished
+
+
+class _Sender:
+    """One closed-loop sender: its next request goes out when the previous one answers."""
+
+    def __init__(self, loop: _ClosedLoop) -> None:
+        self.loop = loop
+        self.messages = 0
+        self.sent = 0.0
+        self.on_done = self._done
+
+    def next(self) -> None:
+        loop = self.loop
+        i = next(loop.counter)
+        if i >= loop.max_requests or time.perf_counter() >= loop.deadline:
+            loop.sender_stopped()
+            return
+        try:
+            request = loop.target.make(i)
+        except Exception as exc:  # noqa: BLE001 - raised by closed_loop, not lost in a callback
+            loop.fail(exc)
+            return
+        self.messages = len(request.message_ids)
+        loop.result.requests_sent += 1
+        loop.result.events_sent += self.messages
+        self.sent = time.perf_counter()
+        loop.http.send(loop.prepared, request.body, loop.target.timeout_s, self.on_done)
+
+    def _done(self, error: str | None, status: int, body: bytes) -> None:
+        done = time.perf_counter()
+        result = self.loop.result
+        error = _outcome(self.loop.target, error, status, body)
+        if error is None:
+            result.requests_ok += 1
+            result.events_acked += self.messages
+            result.latencies_s.append(done - self.sent)
+        else:
+            result.errors[error] += 1
+        self.next()
+
+
+class _ClosedLoop:
+    """What the senders of one closed loop share; `finished` is done once all stopped."""
+
+    def __init__(
+        self,
+        http: rawhttp.Client,
+        target: Target,
+        result: Result,
+        deadline: float,
+        max_requests: int,
+        senders: int,
+    ) -> None:
+        self.http, self.target, self.result = http, target, result
+        self.prepared = http.prepare(target.method, target.url, target.headers)
+        self.deadline, self.max_requests = deadline, max_requests
+        self.counter = itertools.count()
+        self.running = senders
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def sender_stopped(self) -> None:
+        self.running -= 1
+        if self.running == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+    def fail(self, exc: Exception) -> None:
+        self.deadline = 0.0  # the other senders stop after their request in flight
+        if not self.finished.done():
+            self.finished.set_exception(exc)
 
 
 async def closed_loop(
-    http: aiohttp.ClientSession,
+    http: rawhttp.Client,
     target: Target,
     *,
     name: str,
@@ -175,38 +290,20 @@ async def closed_loop(
     max_requests: int = 5_000_000,
 ) -> Result:
     result = Result(name, "closed", f"{concurrency} concurrent senders, {duration_s:g} s")
-    counter = itertools.count()
     start = time.perf_counter()
-    deadline = start + duration_s
     result.started_wall = time.time()
-
-    async def sender() -> None:
-        while time.perf_counter() < deadline:
-            i = next(counter)
-            if i >= max_requests:
-                return
-            request = target.make(i)
-            result.requests_sent += 1
-            result.events_sent += len(request.message_ids)
-            sent = time.perf_counter()
-            error = await _send(http, target, request)
-            done = time.perf_counter()
-            if error is None:
-                result.requests_ok += 1
-                result.events_acked += len(request.message_ids)
-                result.latencies_s.append(done - sent)
-            else:
-                result.errors[error] += 1
-
+    loop = _ClosedLoop(http, target, result, start + duration_s, max_requests, concurrency)
+    for _ in range(concurrency):
+        _Sender(loop).next()
     # each sender stops at the deadline after its request in flight answers (<= timeout)
-    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    await loop.finished
     result.elapsed_s = time.perf_counter() - start
     result.ended_wall = time.time()
     return result
 
 
 async def open_loop(
-    http: aiohttp.ClientSession,
+    http: rawhttp.Client,
     target: Target,
     *,
     name: str,
@@ -219,27 +316,25 @@ async def open_loop(
     after the last one for the answers still outstanding (they count as `unfinished`)."""
     count = int(rate * duration_s)
     result = Result(name, "open", f"{rate:g} req/s for {duration_s:g} s")
-    tasks: set[asyncio.Task[None]] = set()
+    prepared = http.prepare(target.method, target.url, target.headers)
+    outstanding: dict[int, Request] = {}
+    drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    scheduled = False
     t0 = time.perf_counter()
     wall0 = time.time()
     result.started_wall = wall0
 
-    async def one(i: int, intended: float) -> None:
-        result.dispatch_lag_s.append(time.perf_counter() - intended)
-        request = target.make(i)
-        result.requests_sent += 1
-        result.events_sent += len(request.message_ids)
-        try:
-            error = await _send(http, target, request)
-        except asyncio.CancelledError:
-            if keep_ids:
-                result.unacked_ids.update(request.message_ids)
-            raise
-        done = time.perf_counter()
+    def done(
+        i: int, intended: float, request: Request, error: str | None, status: int, body: bytes
+    ) -> None:
+        now = time.perf_counter()
+        if outstanding.pop(i, None) is None:
+            return  # given up on at the end of the grace period: counted as unfinished
+        error = _outcome(target, error, status, body)
         if error is None:
             result.requests_ok += 1
             result.events_acked += len(request.message_ids)
-            result.latencies_s.append(done - intended)
+            result.latencies_s.append(now - intended)
             if keep_ids:
                 intended_wall = wall0 + (intended - t0)
                 for mid in request.message_ids:
@@ -248,22 +343,27 @@ async def open_loop(
             result.errors[error] += 1
             if keep_ids:
                 result.unacked_ids.update(request.message_ids)
+        if scheduled and not outstanding and not drained.done():
+            drained.set_result(None)
 
-    for i in range(count):
-        intended = t0 + i / rate
-        delay = intended - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(one(i, intended))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        _done, pending = await asyncio.wait(set(tasks), timeout=grace_s + target.timeout_s)
-        for task in pending:
-            task.cancel()
-        result.unfinished = len(pending)
-        if pending:
-            await asyncio.wait(pending, timeout=2)
+    def dispatch(i: int, intended: float) -> None:
+        result.dispatch_lag_s.append(time.perf_counter() - intended)
+        request = target.make(i)
+        result.requests_sent += 1
+        result.events_sent += len(request.message_ids)
+        outstanding[i] = request
+        http.send(prepared, request.body, target.timeout_s, partial(done, i, intended, request))
+
+    await _run_schedule(count, rate, t0, dispatch)
+    scheduled = True
+    if outstanding:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained, timeout=grace_s + target.timeout_s)
+    result.unfinished = len(outstanding)
+    if keep_ids:
+        for request in outstanding.values():
+            result.unacked_ids.update(request.message_ids)
+    outstanding.clear()
     result.elapsed_s = max(duration_s, time.perf_counter() - t0)
     result.ended_wall = time.time()
     return result
@@ -317,7 +417,7 @@ class WindowedOpenLoop:
 
     def __init__(
         self,
-        http: aiohttp.ClientSession,
+        http: rawhttp.Client,
         target: Target,
         *,
         name: str,
@@ -329,6 +429,7 @@ class WindowedOpenLoop:
     ) -> None:
         assert target.make_timed is not None, "needs a timed target"
         self.http, self.target, self.name = http, target, name
+        self.make_timed = target.make_timed
         self.rate, self.duration_s, self.window_s = rate, duration_s, window_s
         self.max_in_flight, self.grace_s = max_in_flight, grace_s
         self.count = int(rate * duration_s)
@@ -342,57 +443,60 @@ class WindowedOpenLoop:
         self.started_wall = 0.0
         self.elapsed_s = 0.0
         self.dispatched = 0
+        self._t0 = 0.0
+        self._prepared = http.prepare(target.method, target.url, target.headers)
+        self._scheduled = False
+        self._given_up = False
+        self._drained: asyncio.Future[None] | None = None
 
     def _window(self, i: int) -> int:
         return min(int(i / self.rate / self.window_s), len(self.windows) - 1)
 
-    async def _one(self, i: int, intended: float, intended_wall: float) -> None:
+    def _dispatch(self, i: int, intended: float) -> None:
+        self.dispatched = i + 1
         w = self._window(i)
         stats = self.windows[w]
+        stats.due += 1
+        if self.in_flight >= self.max_in_flight:
+            stats.errors[SHED] += 1
+            return
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         stats.dispatch_lag.record(max(0.0, time.perf_counter() - intended))
-        assert self.target.make_timed is not None
-        request = self.target.make_timed(i, intended_wall, w)
+        request = self.make_timed(i, self.started_wall + (intended - self._t0), w)
         stats.sent += 1
-        try:
-            error = await _send(self.http, self.target, request)
-        finally:
-            self.in_flight -= 1
+        self.http.send(
+            self._prepared, request.body, self.target.timeout_s, partial(self._done, i, intended)
+        )
+
+    def _done(self, i: int, intended: float, error: str | None, status: int, body: bytes) -> None:
+        now = time.perf_counter()
+        if self._given_up:
+            return  # counted as unfinished
+        self.in_flight -= 1
+        stats = self.windows[self._window(i)]
+        error = _outcome(self.target, error, status, body)
         if error is None:
             stats.acked += 1
-            stats.ack.record(time.perf_counter() - intended)
+            stats.ack.record(now - intended)
             self.acked.set(i)
         else:
             stats.errors[error] += 1
+        drained = self._drained
+        if self._scheduled and not self.in_flight and drained is not None and not drained.done():
+            drained.set_result(None)
 
     async def run(self) -> WindowedOpenLoop:
-        tasks: set[asyncio.Task[None]] = set()
-        t0 = time.perf_counter()
-        self.started_wall = wall0 = time.time()
-        for i in range(self.count):
-            intended = t0 + i / self.rate
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self.dispatched = i + 1
-            stats = self.windows[self._window(i)]
-            stats.due += 1
-            if self.in_flight >= self.max_in_flight:
-                stats.errors[SHED] += 1
-                continue
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            task = asyncio.create_task(self._one(i, intended, wall0 + (intended - t0)))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            _done, pending = await asyncio.wait(
-                set(tasks), timeout=self.grace_s + self.target.timeout_s
-            )
-            for task in pending:
-                task.cancel()
-            self.unfinished = len(pending)
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+        self._drained = asyncio.get_running_loop().create_future()
+        self._t0 = t0 = time.perf_counter()
+        self.started_wall = time.time()
+        await _run_schedule(self.count, self.rate, t0, self._dispatch)
+        self._scheduled = True
+        if self.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained, timeout=self.grace_s + self.target.timeout_s)
+        self.unfinished = self.in_flight
+        self._given_up = True
         self.elapsed_s = max(self.duration_s, time.perf_counter() - t0)
         return self
 

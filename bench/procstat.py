@@ -126,10 +126,16 @@ def _safe_cpu(pid: int) -> float | None:
 class Sampler:
     """Resident memory (VmRSS) and CPU of a few processes, and the machine's CPU, at each
     call of `sample`: the soak's time series. CPU is the share of one core each process
-    used since the previous sample; a process that has exited reads as None."""
+    used since the previous sample; a process that has exited reads as None.
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
-        self.pids = dict(pids)
+    A name may stand for a group of processes (`serve --processes N`): its `rss_mib` is
+    then the largest process's (the target is per process), `rss_sum_mib` the group's,
+    and its CPU the group's sum."""
+
+    def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
+        self.pids: dict[str, tuple[int, ...]] = {
+            name: (pid,) if isinstance(pid, int) else tuple(pid) for name, pid in pids.items()
+        }
         self.samples: list[dict[str, object]] = []
         self._cpu: dict[str, float | None] = {}
         self._machine = MachineCpu.read()
@@ -139,15 +145,18 @@ class Sampler:
         """Read every process now; `at_s` is seconds since the start of the window."""
         elapsed = at_s - self._at
         row: dict[str, object] = {"t_s": round(at_s, 1), "phase": phase}
-        for name, pid in self.pids.items():
-            cpu = _safe_cpu(pid)
-            try:
-                rss: float | None = memory_mib(pid).get("VmRSS")
-            except (FileNotFoundError, ProcessLookupError):
-                rss = None
+        for name, group in self.pids.items():
+            cpus = [_safe_cpu(pid) for pid in group]
+            cpu = None if None in cpus else sum(c for c in cpus if c is not None)
+            rss = [_safe_rss(pid) for pid in group]
             before = self._cpu.get(name)
             row[name] = {
-                "rss_mib": rss,
+                "rss_mib": None if None in rss else max(r for r in rss if r is not None),
+                **(
+                    {"rss_sum_mib": round(sum(r for r in rss if r is not None), 1)}
+                    if len(group) > 1 and None not in rss
+                    else {}
+                ),
                 "cpu_pct_of_one_core": (
                     round(100 * (cpu - before) / elapsed)
                     if cpu is not None and before is not None and elapsed > 0
@@ -161,6 +170,22 @@ class Sampler:
         self._machine, self._at = machine, at_s
         self.samples.append(row)
         return row
+
+
+def _safe_rss(pid: int) -> float | None:
+    try:
+        return memory_mib(pid).get("VmRSS")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (Linux: /proc/PID/task/PID/children)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def rss_growth(samples: Sequence[Mapping[str, object]], name: str, fit_from_s: float) -> dict:

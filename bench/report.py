@@ -24,7 +24,8 @@ make bench ENGINE=postgres+kafka      # = bench/run.py --engine postgres+kafka
 make bench ENGINE=both                # embedded and PostgreSQL + Kafka side by side (no soak)
 ```
 
-`--engine` (embedded, postgres+kafka, both), `--rate`, `--e2e-seconds`, `--burst-seconds`,
+`--engine` (embedded, postgres+kafka, both), `--processes` (default: the machine's
+cores), `--rate`, `--e2e-seconds`, `--burst-seconds`,
 `--concurrency`, `--batch-concurrency`, `--read-rate`, `--sustained-rate`,
 `--sustained-seconds`, `--step-rates`, `--soak-seconds`, `--soak-rate`, `--max-in-flight`,
 `--no-docs`, `--keep-data`: see `bench/run.py --help`. Every run also writes every figure
@@ -32,20 +33,22 @@ make bench ENGINE=both                # embedded and PostgreSQL + Kafka side by 
 
 ## Method
 
-Everything runs on 127.0.0.1, each in its own process: `tidegate serve` (api and
-worker roles, embedded SQLite, in a fresh temporary data dir, log level warning), a
-webhook receiver (`bench/receiver.py`, aiohttp, answers 204 and records the arrival
-time of each messageId), a minimal ASGI app under uvicorn with httptools and uvloop
-(`bench/baseline_app.py`, answers `{"success":true}` and does nothing else), and the
-load generator (the `bench/run.py` process: aiohttp client on uvloop). Tenants, sources,
+Everything runs on 127.0.0.1, each in its own process: `tidegate serve --processes N`
+(N = the machine's cores by default; api and worker roles, embedded SQLite, in a fresh
+temporary data dir, log level warning), a
+webhook receiver (`bench/receiver.py`, an asyncio server parsing with httptools, answers
+204 and records the arrival time of each messageId), a minimal ASGI app under uvicorn with
+httptools and uvloop (`bench/baseline_app.py`, answers `{"success":true}` and does nothing
+else), and the load generator (the `bench/run.py` process on uvloop: keep-alive HTTP/1.1
+connections on raw asyncio with httptools, `bench/rawhttp.py`). Tenants, sources,
 API keys and the destination are created with the `tidegate` CLI.
 
 - **Baseline**: the minimal ASGI app under the same closed-loop generator as (a), run
   just before and just after (a). It is the ceiling of this machine *with this
-  generator*: the generator and the server share the same cores, and on a 2-core
-  machine the generator (one Python process) usually saturates before the minimal app
-  does; windows where it did are flagged "generator-bound". (a) is reported as a ratio
-  to the mean of the two baseline runs.
+  generator*: the generator and the server share the same cores; windows where the
+  generator used >= 90% of a core are flagged "generator-bound". (a) is reported as a
+  ratio to the mean of the two baseline runs. The minimal app runs in one process:
+  with `--processes 2` Tidegate can use both cores where the baseline uses one.
 - **(a) single-event ingest**: `POST /v1/track`, closed loop (64 senders by default, each sends
   its next request when the previous one is answered) for 10 s after a 2 s warm-up.
   Events/s counts `200 {"success":true}` answers only; latencies are service times
@@ -87,12 +90,15 @@ API keys and the destination are created with the `tidegate` CLI.
   Tidegate, the receiver and the generator every 10 s; per-minute table; growth as a
   linear fit over the last 8 minutes and as the end minus minute 2; ledger after a wait
   of up to 180 s.
-- The scenarios run in this order against one Tidegate process: (c) and (d) run
-  against a store that already holds the events of (a) and (b).
+- The scenarios run in this order against one `tidegate serve --processes N` (N = the
+  machine's cores unless `--processes` says otherwise; process 0 runs the api and worker
+  roles, the others the api role, all on one port): (c) and (d) run against a store
+  that already holds the events of (a) and (b).
 - **Resources**: CPU seconds of each process from `/proc/<pid>/stat` (utime + stime)
   over each measured window, machine busy and steal % from `/proc/stat` ("other
   processes" = machine busy minus this run's processes: the noise of a shared
-  machine), Tidegate's peak resident memory from `/proc/<pid>/status` (VmHWM).
+  machine), Tidegate's peak resident memory from `/proc/<pid>/status` (VmHWM; with
+  several processes, CPU is their sum and RSS the largest process's, the sum beside it).
 - Percentiles are nearest-rank over every sample (no histogram buckets); a percentile
   the sample count cannot resolve (p99.9 of fewer than 1,000 samples) is shown as "n/a".
 
@@ -155,6 +161,17 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     if doc.get("failure"):
         lines += [f"**Run failed**: {doc['failure']}", ""]
+    processes = plan.get("processes", 1)
+    lines += [
+        f"Server: `tidegate serve --processes {processes}`"
+        + (
+            " (process 0: api and worker roles; the others: api role; CPU and RSS below are"
+            " summed over them, peak RSS is the largest process's)."
+            if processes > 1
+            else " (api and worker roles in one process)."
+        ),
+        "",
+    ]
     if len(runs) == 1:
         lines += [f"Engine: {runs[0]['engine']}: {_engine_setup(runs[0])}.", ""]
         lines += _engine_body(plan, runs[0])
@@ -405,10 +422,16 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
     mem = tg.get("memory_mib", {})
     log = tg.get("log", {})
     levels = log.get("by_level", {})
+    several = (
+        f" (largest of {mem['processes']}; sum at end {_n(mem.get('VmRSS_sum'), 1)} MiB)"
+        if mem.get("processes", 1) > 1
+        else ""
+    )
     lines += [
         f"Tidegate process: peak RSS (VmHWM) {_n(mem.get('VmHWM'), 1)} MiB, RSS at end"
-        f" {_n(mem.get('VmRSS'), 1)} MiB, CPU {_n(tg.get('pid_cpu_s_total'), 1)} s over the"
-        f" whole run; SIGTERM → exit code {tg.get('sigterm_exit_code')} after"
+        f" {_n(mem.get('VmRSS'), 1)} MiB{several},"
+        f" CPU {_n(tg.get('pid_cpu_s_total'), 1)} s over the whole run;"
+        f" SIGTERM → exit code {tg.get('sigterm_exit_code')} after"
         f" {tg.get('sigterm_stop_s')} s; log: {levels.get('warning', 0)} warnings,"
         f" {levels.get('error', 0)} errors, {log.get('non_json_lines', 0)} other lines."
         f" This engine's part took {run.get('elapsed_s')} s.",

@@ -121,6 +121,7 @@ class Plan:
     soak_rate: float
     sample_every_s: float
     max_in_flight: int
+    processes: int
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Plan:
@@ -160,10 +161,19 @@ class Plan:
             soak_rate=args.soak_rate,
             sample_every_s=10.0,
             max_in_flight=args.max_in_flight,
+            processes=args.processes,
         )
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def process_group(service: services.Service, processes: int) -> int | tuple[int, ...]:
+    """A service's pid, or with several processes, its pid and its children's (the api
+    processes of `tidegate serve --processes N`, the baseline's uvicorn workers)."""
+    if processes == 1:
+        return service.pid
+    return (service.pid, *procstat.children(service.pid))
 
 
 class Window:
@@ -430,8 +440,14 @@ async def measure(
     """Run every scenario, filling `out` as it goes (a failure keeps what was measured)."""
 
     def pids() -> dict[str, int | Sequence[int]]:
-        # read at the start of each window: the PostgreSQL backends come and go
-        return {"tidegate": tg.pid, "receiver": rc.pid, "baseline": bl.pid, **engine.pids()}
+        # read at the start of each window: the PostgreSQL backends come and go, and so
+        # would a Tidegate api process restarted by process 0
+        return {
+            "tidegate": process_group(tg, plan.processes),
+            "receiver": rc.pid,
+            "baseline": process_group(bl, plan.processes),
+            **engine.pids(),
+        }
 
     def check(stage: str) -> None:
         for service in (tg, rc, bl):
@@ -440,9 +456,9 @@ async def measure(
 
     async with contextlib.AsyncExitStack() as stack:
         control = await stack.enter_async_context(loadgen.session(8))
-        burst = await stack.enter_async_context(loadgen.session(plan.concurrency))
-        ingest_http = await stack.enter_async_context(loadgen.session(256))
-        read_http = await stack.enter_async_context(loadgen.session(16))
+        burst = await stack.enter_async_context(loadgen.client(plan.concurrency))
+        ingest_http = await stack.enter_async_context(loadgen.client(256))
+        read_http = await stack.enter_async_context(loadgen.client(16))
 
         async def closed(
             name: str, target: loadgen.Target, concurrency: int, duration_s: float
@@ -750,7 +766,7 @@ async def long_runs(
     tenant with a webhook destination), filling `out`."""
     async with contextlib.AsyncExitStack() as stack:
         control = await stack.enter_async_context(loadgen.session(8))
-        http = await stack.enter_async_context(loadgen.session(256))
+        http = await stack.enter_async_context(loadgen.client(256))
 
         async def windowed(
             key: str,
@@ -775,7 +791,11 @@ async def long_runs(
             stop = asyncio.Event()
             sampling: asyncio.Task[None] | None = None
             if soak:
-                own = {k: v for k, v in pids().items() if isinstance(v, int) and k != "baseline"}
+                own = {
+                    k: v
+                    for k, v in pids().items()
+                    if k == "tidegate" or (isinstance(v, int) and k != "baseline")
+                }
                 sampler = procstat.Sampler({**own, "load_generator": os.getpid()})
                 sampling = asyncio.create_task(
                     sample_loop(sampler, loop, phase, stop, plan.sample_every_s)
@@ -1009,7 +1029,9 @@ def run_engine(
     try:
         with engines.provision(name, engine_dir) as engine:
             info = dict(engine.info)
-            tg = services.tidegate(engine_dir / "data", free_port(), engine_dir, engine.env)
+            tg = services.tidegate(
+                engine_dir / "data", free_port(), engine_dir, engine.env, processes=plan.processes
+            )
             rc = services.receiver(free_port(), engine_dir)
             try:
                 for service in (tg, rc):
@@ -1030,8 +1052,16 @@ def run_engine(
                     bounded(measure(plan, tag, tg, rc, bl, ingest, e2e, engine, results), budget_s)
                 )
                 if tg.alive():
-                    tidegate_memory = procstat.memory_mib(tg.pid)
-                    tidegate_cpu_total = round(procstat.cpu_seconds(tg.pid), 2)
+                    found = process_group(tg, plan.processes)
+                    group = (found,) if isinstance(found, int) else found
+                    readings = [procstat.memory_mib(pid) for pid in group]
+                    # the target is per process: the largest; the sum beside it
+                    tidegate_memory = {
+                        key: max(r[key] for r in readings) for key in ("VmRSS", "VmHWM")
+                    }
+                    tidegate_memory["VmRSS_sum"] = round(sum(r["VmRSS"] for r in readings), 1)
+                    tidegate_memory["processes"] = len(group)
+                    tidegate_cpu_total = round(sum(procstat.cpu_seconds(p) for p in group), 2)
                 else:
                     failure = f"tidegate exited during the run (code {tg.proc and tg.proc.poll()})"
                 final = engine.final()
@@ -1076,6 +1106,12 @@ def run_engine(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="tidegate serve --processes N (default: this machine's cores)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="about 2 minutes: shorter windows, no steps, no soak"
     )
@@ -1145,7 +1181,7 @@ def main() -> int:
         f"tidegate bench {run_id}: work dir {work}, engines {', '.join(plan.engines)}", flush=True
     )
 
-    bl = services.baseline(free_port(), work)
+    bl = services.baseline(free_port(), work, workers=plan.processes)
     runs: list[dict[str, Any]] = []
     failure: str | None = None
     wall = time.monotonic()

@@ -93,13 +93,20 @@ class Service:
 
 
 def tidegate(
-    data_dir: Path, port: int, log_dir: Path, extra_env: dict[str, str] | None = None
+    data_dir: Path,
+    port: int,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    processes: int = 1,
 ) -> Service:
-    """`tidegate serve` on the embedded default, or on the engine `extra_env` names
-    (TIDEGATE_STORE_URL, TIDEGATE_LOG_URL). Engine variables of the calling environment
-    are not inherited: the engine is the one the run names."""
+    """`tidegate serve --processes N` on the embedded default, or on the engine
+    `extra_env` names (TIDEGATE_STORE_URL, TIDEGATE_LOG_URL). Engine variables of the
+    calling environment are not inherited: the engine is the one the run names."""
     inherited = {
-        k: v for k, v in os.environ.items() if k not in ("TIDEGATE_STORE_URL", "TIDEGATE_LOG_URL")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TIDEGATE_STORE_URL", "TIDEGATE_LOG_URL", "TIDEGATE_PROCESSES")
     }
     env = {
         **inherited,
@@ -115,7 +122,7 @@ def tidegate(
     }
     return Service(
         "tidegate",
-        [sys.executable, "-m", "tidegate", "serve"],
+        [sys.executable, "-m", "tidegate", "serve", "--processes", str(processes)],
         env,
         port,
         log_dir / "tidegate.log",
@@ -141,10 +148,17 @@ def receiver(port: int, log_dir: Path) -> Service:
     )
 
 
-def baseline(port: int, log_dir: Path) -> Service:
+def baseline(port: int, log_dir: Path, *, workers: int = 1) -> Service:
     return Service(
         "baseline",
-        [sys.executable, str(BENCH_DIR / "baseline_app.py"), "--port", str(port)],
+        [
+            sys.executable,
+            str(BENCH_DIR / "baseline_app.py"),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         dict(os.environ),
         port,
         log_dir / "baseline.log",
