@@ -46,9 +46,9 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=64,
-        description="`serve` runs this many processes on one port: the first runs the"
-        " api and worker roles, the others the api role, each appending to a log partition"
-        " of its own on the embedded engine.",
+        description="`serve` processes: 1 runs the api and worker roles in one; N > 1 runs"
+        " the worker in the first and starts N-1 api processes on the port, each appending"
+        " to a log partition of its own on the embedded engine.",
     )
     process_index: int = Field(
         default=0,

@@ -1,7 +1,7 @@
 """`tidegate serve --processes N` on the embedded engine: one port, N real processes.
 
-Process 0 runs the api and worker roles and starts the others (api role), each
-appending to a log partition file of its own. These tests send over many connections,
+Process 0 runs the worker and starts the others (api role), which serve the port,
+each appending to a log partition file of its own. These tests send over many connections,
 kill processes, and check that every acknowledged event is delivered exactly once.
 """
 
@@ -105,9 +105,11 @@ def test_three_processes_share_the_port_and_every_event_is_delivered_once(
     time.sleep(0.5)  # a duplicate would arrive about now
     delivered = _delivered(receiver, "/processes/once")
     assert sorted(delivered) == sorted(acked)
-    # Each process took connections and appended to its own partition.
-    for name in ("log.db", "log-1.db", "log-2.db"):
+    # Each api process took connections and appended to its own partition; process 0,
+    # the worker, took none.
+    for name in ("log-1.db", "log-2.db"):
         assert _appended(cluster.data_dir, name) > 0, name
+    assert _appended(cluster.data_dir, "log.db") == 0
     # ... and all of them answer the read API (the events are in the one store).
     listed = tenant.get("/v1/events", limit=500).json()["data"]
     assert len(listed) == 480
@@ -169,6 +171,18 @@ def test_sigterm_stops_them_all_and_a_killed_process_0_takes_the_others_with_it(
     tg.kill()
     # They notice their lifeline closing, drain and exit.
     wait_until(lambda: not any(_alive(c) for c in children), timeout=30)
+
+
+def test_process_0_must_be_allowed_the_worker_role(fresh_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidegate", "serve", "--processes", "2"],
+        env={**os.environ, "TIDEGATE_DATA_DIR": str(fresh_dir), "TIDEGATE_ROLES": "api"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "TIDEGATE_ROLES must include worker" in done.stderr
 
 
 def test_the_demo_is_refused_with_several_processes(fresh_dir: Path) -> None:

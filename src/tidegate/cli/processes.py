@@ -1,10 +1,11 @@
 """`tidegate serve --processes N`: one port, N processes.
 
-Process 0 (the one started by hand) runs the api and worker roles; it starts N-1
-processes running the api role. Every process binds the port with SO_REUSEPORT, so the
-kernel spreads connections across them. On the embedded engine each extra process
-appends to a log partition file of its own (eventlog/sqlite.py); the worker in process 0
-routes them all.
+Process 0 (the one started by hand) runs the worker role; it starts N-1 processes
+running the api role, which listen on the port with SO_REUSEPORT, so the kernel spreads
+connections across them. Process 0 holds the port bound but does not listen: routing and
+delivery get its core to themselves. On the embedded engine each api process appends to
+a log partition file of its own (eventlog/sqlite.py); the worker in process 0 routes
+them all.
 
 Process 0 restarts an api process that dies, stops them all (SIGTERM, then their own
 drain) when it is stopped, and they stop by themselves if process 0 dies: each watches a
@@ -29,13 +30,22 @@ _RESTART_DELAY_S = 1.0
 _STOP_TIMEOUT_S = 30.0
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A listening socket that other processes of this user can bind too (SO_REUSEPORT)."""
+def port_holder(host: str, port: int) -> socket.socket:
+    """The port, bound with SO_REUSEPORT but not listening: no connection comes to it, and
+    no other program can take the port while the api processes start (port 0: the one
+    the kernel picked)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    return sock
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on a port other processes of this user listen on too
+    (SO_REUSEPORT): the kernel spreads connections across them by a hash."""
+    sock = port_holder(host, port)
     sock.listen(2048)
     sock.setblocking(False)
     return sock

@@ -1,4 +1,5 @@
-"""tidegate serve: the api and worker roles in one process (the embedded default)."""
+"""tidegate serve: the api and worker roles in one process (the embedded default), or with
+--processes N, the worker here and N-1 api processes on the port (cli/processes.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,7 +20,12 @@ import uvicorn
 from tidegate import admin
 from tidegate.api.app import build_app
 from tidegate.cli.common import load_settings
-from tidegate.cli.processes import ApiProcesses, listening_socket, on_lifeline_closed
+from tidegate.cli.processes import (
+    ApiProcesses,
+    listening_socket,
+    on_lifeline_closed,
+    port_holder,
+)
 from tidegate.errors import TidegateError
 from tidegate.model import DestinationId, TenantId
 from tidegate.runtime import Runtime, open_runtime
@@ -33,8 +40,8 @@ from tidegate.telemetry import configure_logging
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
-    help="Processes on the port (TIDEGATE_PROCESSES, default 1): this one runs the api and"
-    " worker roles, the others the api role.",
+    help="Processes (TIDEGATE_PROCESSES, default 1: api and worker roles in one). With N > 1"
+    " this one runs the worker and starts N-1 api processes on the port.",
 )
 @click.option("--lifeline-fd", type=int, hidden=True, help="Set by process 0 for the others.")
 def serve(
@@ -59,6 +66,13 @@ def serve(
         )
     if base.processes > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         _restart_with_shared_metrics(base.data_dir / "metrics")
+    if base.processes > 1 and base.process_index == 0:
+        # Process 0 runs the worker; the api processes it starts serve the port.
+        if "worker" not in base.roles:
+            raise click.UsageError(
+                "--processes N runs the worker in process 0: TIDEGATE_ROLES must include worker"
+            )
+        overrides["roles"] = frozenset({"worker"})
     if demo or base.demo:
         # The demo destination is this process's own receiver on http://127.0.0.1.
         overrides["demo"] = True
@@ -89,9 +103,16 @@ def _restart_with_shared_metrics(directory: Path) -> NoReturn:
 
 
 async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
-    sockets = None
-    if settings.processes > 1:
-        # Every process binds the port (SO_REUSEPORT); the kernel spreads connections.
+    sockets: list[socket.socket] | None = None
+    port = settings.port
+    if settings.processes > 1 and settings.process_index == 0:
+        # Process 0 serves no connections: it holds the port (bound with SO_REUSEPORT, not
+        # listening, so the kernel hands it none) for the api processes it starts.
+        held = port_holder(settings.host, settings.port)
+        port = held.getsockname()[1]
+        sockets = []
+    elif settings.processes > 1:
+        # Each api process listens on the port; the kernel spreads connections by a hash.
         sockets = [listening_socket(settings.host, settings.port)]
     runtime = open_runtime(settings)
     app = build_app(runtime)
@@ -101,7 +122,7 @@ async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
     config = uvicorn.Config(
         app,
         host=settings.host,
-        port=settings.port,
+        port=port,
         loop="none",
         http="httptools",
         lifespan="on",
@@ -124,7 +145,7 @@ async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
     if sockets is None or settings.process_index > 0:
         await server.serve(sockets=sockets)
         return
-    others = ApiProcesses(settings, port=sockets[0].getsockname()[1])
+    others = ApiProcesses(settings, port=port)
     serving = asyncio.create_task(server.serve(sockets=sockets))
     # uvicorn.Server tells start and exit by attributes only (its own main loop polls them).
     try:
