@@ -46,7 +46,7 @@ clean:
 ## SOAK=0 skips the soak (~5 min); SOAK_RATE=N soaks at N events/s instead of 5,000;
 ## QUICK=1 runs shorter windows without steps or soak (~2 min).
 ## ENGINE=embedded (default), ENGINE=postgres+kafka, or ENGINE=both (side by side, no soak).
-## PROCESSES=N runs `tidegate serve --processes N` (default: this machine's cores).
+## PROCESSES=N runs `tidegate serve --processes N` (default: cores + 1; PROCESSES=1: one process).
 ## Appends a section to docs/benchmarks.md and writes bench/results/<timestamp>.json.
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/run.py --engine $(or $(ENGINE),embedded)$(if $(filter 1,$(QUICK)), --quick)$(if $(filter 0,$(SOAK)), --soak-seconds 0)$(if $(SOAK_RATE), --soak-rate $(SOAK_RATE))$(if $(PROCESSES), --processes $(PROCESSES))

@@ -25,7 +25,7 @@ make bench ENGINE=both                # embedded and PostgreSQL + Kafka side by 
 ```
 
 `--engine` (embedded, postgres+kafka, both), `--processes` (default: the machine's
-cores), `--rate`, `--e2e-seconds`, `--burst-seconds`,
+cores + 1), `--rate`, `--e2e-seconds`, `--burst-seconds`,
 `--concurrency`, `--batch-concurrency`, `--read-rate`, `--sustained-rate`,
 `--sustained-seconds`, `--step-rates`, `--soak-seconds`, `--soak-rate`, `--max-in-flight`,
 `--no-docs`, `--keep-data`: see `bench/run.py --help`. Every run also writes every figure
@@ -34,8 +34,8 @@ cores), `--rate`, `--e2e-seconds`, `--burst-seconds`,
 ## Method
 
 Everything runs on 127.0.0.1, each in its own process: `tidegate serve --processes N`
-(N = the machine's cores by default; api and worker roles, embedded SQLite, in a fresh
-temporary data dir, log level warning), a
+(N = the machine's cores + 1 by default: the worker in process 0, an api process per
+core; embedded SQLite, in a fresh temporary data dir, log level warning), a
 webhook receiver (`bench/receiver.py`, an asyncio server parsing with httptools, answers
 204 and records the arrival time of each messageId), a minimal ASGI app under uvicorn with
 httptools and uvloop (`bench/baseline_app.py`, answers `{"success":true}` and does nothing
@@ -47,8 +47,8 @@ API keys and the destination are created with the `tidegate` CLI.
   just before and just after (a). It is the ceiling of this machine *with this
   generator*: the generator and the server share the same cores; windows where the
   generator used >= 90% of a core are flagged "generator-bound". (a) is reported as a
-  ratio to the mean of the two baseline runs. The minimal app runs in one process:
-  with `--processes 2` Tidegate can use both cores where the baseline uses one.
+  ratio to the mean of the two baseline runs. The minimal app runs in as many uvicorn
+  workers as Tidegate has processes.
 - **(a) single-event ingest**: `POST /v1/track`, closed loop (64 senders by default, each sends
   its next request when the previous one is answered) for 10 s after a 2 s warm-up.
   Events/s counts `200 {"success":true}` answers only; latencies are service times
@@ -90,10 +90,9 @@ API keys and the destination are created with the `tidegate` CLI.
   Tidegate, the receiver and the generator every 10 s; per-minute table; growth as a
   linear fit over the last 8 minutes and as the end minus minute 2; ledger after a wait
   of up to 180 s.
-- The scenarios run in this order against one `tidegate serve --processes N` (N = the
-  machine's cores unless `--processes` says otherwise; process 0 runs the api and worker
-  roles, the others the api role, all on one port): (c) and (d) run against a store
-  that already holds the events of (a) and (b).
+- The scenarios run in this order against one `tidegate serve --processes N` (process 0
+  runs the worker, the N-1 others the api role on one port; with N = 1 one process runs
+  both): (c) and (d) run against a store that already holds the events of (a) and (b).
 - **Resources**: CPU seconds of each process from `/proc/<pid>/stat` (utime + stime)
   over each measured window, machine busy and steal % from `/proc/stat` ("other
   processes" = machine busy minus this run's processes: the noise of a shared
@@ -165,7 +164,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += [
         f"Server: `tidegate serve --processes {processes}`"
         + (
-            " (process 0: api and worker roles; the others: api role; CPU and RSS below are"
+            " (process 0: the worker; the others: the api role on the port; CPU below is"
             " summed over them, peak RSS is the largest process's)."
             if processes > 1
             else " (api and worker roles in one process)."

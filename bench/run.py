@@ -1109,8 +1109,9 @@ def main() -> int:
     parser.add_argument(
         "--processes",
         type=int,
-        default=os.cpu_count() or 1,
-        help="tidegate serve --processes N (default: this machine's cores)",
+        default=(os.cpu_count() or 1) + 1,
+        help="tidegate serve --processes N (default: this machine's cores + 1: an api"
+        " process per core and the worker; 1 runs both roles in one process)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="about 2 minutes: shorter windows, no steps, no soak"
