@@ -22,6 +22,8 @@ make bench SOAK=0                     # everything but the soak (about 5 minutes
 make bench QUICK=1                    # = bench/run.py --quick: shorter windows, no steps, no soak
 make bench ENGINE=postgres+kafka      # = bench/run.py --engine postgres+kafka
 make bench ENGINE=both                # embedded and PostgreSQL + Kafka side by side (no soak)
+make bench SOAK_RATE=2000             # the soak at 2,000 events/s instead of 5,000
+make bench PROCESSES=1                # tidegate serve in one process (default: cores + 1)
 ```
 
 `--engine` (embedded, postgres+kafka, both), `--processes` (default: the machine's
