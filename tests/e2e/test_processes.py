@@ -75,6 +75,13 @@ def _delivered(receiver: Receiver, path: str) -> list[str]:
     return [json.loads(r.body)["messageId"] for r in receiver.at(path)]
 
 
+def _tenant_to(cluster: Tidegate, receiver: Receiver, path: str) -> TenantHandle:
+    """A new tenant with one webhook destination: `path` on the receiver."""
+    tenant = cluster.tenant()
+    tenant.destination(receiver.on(path, 200))
+    return tenant
+
+
 def _all_serving(tg: Tidegate, processes: int) -> bool:
     """Every process has started (each logs tidegate.started once it listens)."""
     return tg.logs().count('"event": "tidegate.started"') >= processes
@@ -84,6 +91,8 @@ def _all_serving(tg: Tidegate, processes: int) -> bool:
 def cluster(fresh_dir: Path) -> Iterator[Tidegate]:
     tg = Tidegate(fresh_dir).start("--processes", "3")
     wait_until(lambda: _all_serving(tg, 3), timeout=30)
+    assert tg.proc is not None
+    wait_until(lambda: len(_children(tg.proc.pid)) == 2, timeout=20)
     yield tg
     if tg.proc is not None and tg.proc.poll() is None:
         tg.stop()
@@ -92,10 +101,7 @@ def cluster(fresh_dir: Path) -> Iterator[Tidegate]:
 def test_three_processes_share_the_port_and_every_event_is_delivered_once(
     cluster: Tidegate, receiver: Receiver
 ) -> None:
-    assert cluster.proc is not None
-    wait_until(lambda: len(_children(cluster.proc.pid)) == 2, timeout=20)
-    tenant = cluster.tenant()
-    tenant.destination(receiver.on("/processes/once", 200))
+    tenant = _tenant_to(cluster, receiver, "/processes/once")
 
     # 24 connections: the kernel spreads them by a hash, so each process gets some.
     acked = _send(tenant, "once", connections=24, per_connection=20)
@@ -129,10 +135,8 @@ def test_three_processes_share_the_port_and_every_event_is_delivered_once(
 def test_a_killed_api_process_is_replaced_and_nothing_acknowledged_is_lost(
     cluster: Tidegate, receiver: Receiver
 ) -> None:
+    tenant = _tenant_to(cluster, receiver, "/processes/kill")
     assert cluster.proc is not None
-    wait_until(lambda: len(_children(cluster.proc.pid)) == 2, timeout=20)
-    tenant = cluster.tenant()
-    tenant.destination(receiver.on("/processes/kill", 200))
     victim = _children(cluster.proc.pid)[0]
 
     with ThreadPoolExecutor(1) as pool:
