@@ -69,9 +69,7 @@ class ProcessMeter:
     """
 
     def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
-        self.pids: dict[str, tuple[int, ...]] = {
-            name: (pid,) if isinstance(pid, int) else tuple(pid) for name, pid in pids.items()
-        }
+        self.pids = _as_groups(pids)
         self._groups = {name for name, pid in pids.items() if not isinstance(pid, int)}
         self._cpu: dict[str, dict[int, float]] = {}
         self._machine = MachineCpu.read()
@@ -115,6 +113,11 @@ class ProcessMeter:
         return out
 
 
+def _as_groups(pids: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Each name's processes as a tuple (a single pid becomes a group of one)."""
+    return {name: (pid,) if isinstance(pid, int) else tuple(pid) for name, pid in pids.items()}
+
+
 def _safe_cpu(pid: int) -> float | None:
     """CPU seconds of `pid`, or None once it has exited (or was reused: not ours to read)."""
     try:
@@ -133,9 +136,7 @@ class Sampler:
     and its CPU the group's sum."""
 
     def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
-        self.pids: dict[str, tuple[int, ...]] = {
-            name: (pid,) if isinstance(pid, int) else tuple(pid) for name, pid in pids.items()
-        }
+        self.pids = _as_groups(pids)
         self.samples: list[dict[str, object]] = []
         self._cpu: dict[str, float | None] = {}
         self._machine = MachineCpu.read()

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 import structlog
 
@@ -124,9 +125,8 @@ class ApiProcesses:
         os.close(self._lifeline_w)
 
 
-def on_lifeline_closed(fd: int, stop: object) -> None:
+def on_lifeline_closed(fd: int, stop: Callable[[], object]) -> None:
     """Call `stop()` when the pipe from process 0 closes (process 0 is gone)."""
-    assert callable(stop)  # noqa: S101
     loop = asyncio.get_running_loop()
 
     def readable() -> None:
