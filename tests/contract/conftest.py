@@ -56,6 +56,7 @@ async def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         opened.append(log)
         return log
 
+    open_log.url = url  # type: ignore[attr-defined]  # for tests that append from other processes
     yield open_log
     for log in opened:
         await log.aclose()

@@ -49,6 +49,7 @@ import importlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -161,6 +162,8 @@ _NO_TOPIC_ID = frozenset(
     }
 )
 _POLL_S = 0.1
+# How long a hole in a partition's offsets may stay unfilled before it is taken as real.
+_HOLE_GRACE_S = 2.0
 _ACK_MARGIN_S = 5.0
 _FLUSH_TIMEOUT_S = 10.0
 
@@ -470,6 +473,49 @@ class _Commit(msgspec.Struct, frozen=True):
     done: asyncio.Future[None]
 
 
+class _HoleGuard:
+    """Holds back records fetched past a hole in their partition's offsets.
+
+    Tidegate's topics have neither transactions nor compaction, and its producers are
+    idempotent, so a partition's offsets are contiguous: a fetch that returns offset
+    7733 right after 7671 came from a broker that made a produce visible before an
+    earlier one was stored. Tansu's memory storage does this when two producers write
+    one partition; the hole fills a moment later. Passing it would lose those records
+    for this group (the commit moves past them), so the member seeks back to the hole
+    and fetches again. A hole still there after `_HOLE_GRACE_S` is taken as real
+    (records removed by compaction or retention) and passed with a warning.
+    """
+
+    def __init__(self, grace_s: float = _HOLE_GRACE_S) -> None:
+        self._grace_s = grace_s
+        self._next: dict[int, int] = {}  # partition -> the offset that should come next
+        self._holes: dict[int, tuple[int, float]] = {}  # partition -> (hole, first seen)
+
+    def forget(self, partitions: Sequence[int]) -> None:
+        """The partitions moved (rebalance): their next fetch starts a new sequence."""
+        for partition in partitions:
+            self._next.pop(partition, None)
+            self._holes.pop(partition, None)
+
+    def hole_before(self, partition: int, offset: int, now: float) -> int | None:
+        """None when the record may be yielded; else the offset to fetch again from."""
+        expected = self._next.get(partition)
+        if expected is not None and offset > expected:
+            hole = self._holes.get(partition)
+            if hole is None or hole[0] != expected:
+                log.info("eventlog.offset_hole", partition=partition, start=expected, end=offset)
+                self._holes[partition] = (expected, now)
+                return expected
+            if now - hole[1] < self._grace_s:
+                return expected
+            log.warning(
+                "eventlog.offset_hole_passed", partition=partition, start=expected, end=offset
+            )
+        self._holes.pop(partition, None)
+        self._next[partition] = offset + 1
+        return None
+
+
 _WANT = "want"  # the iterator waits for a batch
 _STOP = "stop"
 
@@ -497,6 +543,7 @@ class _Member:
         self._thread: threading.Thread | None = None
         self._is_stopping = False
         self._has_ended = False
+        self._holes = _HoleGuard()
 
     async def next_batch(self) -> Batch | None:
         if self._has_ended:
@@ -541,7 +588,7 @@ class _Member:
             return
         failure: BackendUnavailable | None = None
         try:
-            consumer.subscribe([self._name])
+            consumer.subscribe([self._name], on_revoke=self._on_moved, on_lost=self._on_moved)
             self._serve(consumer)
         except KafkaException as exc:
             failure = _unavailable(f"consumer failed in group {self.group!r}", exc)
@@ -569,6 +616,9 @@ class _Member:
             if is_wanted and (batch := self._fetch(consumer)) is not None:
                 self._call(self._batches.put_nowait, batch)
                 is_wanted = False
+
+    def _on_moved(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._holes.forget([tp.partition for tp in partitions])
 
     def _commit(self, consumer: Consumer, command: _Commit) -> None:
         owned = {tp.partition for tp in consumer.assignment()}
@@ -598,6 +648,8 @@ class _Member:
         if self._max_records > 1:
             messages += consumer.consume(self._max_records - 1, 0)
         records = []
+        held: set[int] = set()  # partitions fetched again from a hole
+        now = time.monotonic()
         for message in messages:
             error = message.error()
             if error is not None:
@@ -605,10 +657,28 @@ class _Member:
                     raise KafkaException(error)
                 log.warning("eventlog.consume_error", group=self.group, reason=error.str())
                 continue
-            records.append(_record(message))
+            record = _record(message)
+            if record.partition in held:
+                continue
+            hole = self._holes.hole_before(record.partition, record.offset, now)
+            if hole is not None:
+                if self._seek(consumer, record.partition, hole):
+                    held.add(record.partition)
+                    continue
+                self._holes.forget([record.partition])  # yielded as it is; a new sequence
+                self._holes.hole_before(record.partition, record.offset, now)
+            records.append(record)
         if not records:
             return None
         return Batch(topic=self.topic, group=self.group, records=tuple(records))
+
+    def _seek(self, consumer: Consumer, partition: int, offset: int) -> bool:
+        try:
+            consumer.seek(TopicPartition(self._name, partition, offset))
+        except KafkaException as exc:  # the partition just moved: its new owner reads it
+            log.info("eventlog.seek_failed", partition=partition, reason=exc.args[0].str())
+            return False
+        return True
 
     def _finish(self, failure: BackendUnavailable | None) -> None:
         """End the iterator; commits requested too late are not done (redelivered)."""
