@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tidegate.errors import ConfigError, DecryptionFailed
 from tidegate.keys.localfile import LocalFileKeyRing
 from tidegate.model import TenantId
-from tidegate.security.envelope import Envelope
+from tidegate.security.envelope import Envelope, TenantCipher
 from tidegate.store.sqlite import SqliteStore
 
 
@@ -93,3 +97,16 @@ async def test_nonces_never_repeat(envelope: Envelope) -> None:
     cipher = await envelope.cipher(TenantId("t"))
     nonces = {cipher.encrypt(b"x", b"p")[5:17] for _ in range(10_000)}
     assert len(nonces) == 10_000
+
+
+def test_blind_index_is_hmac_sha256_of_the_derived_key() -> None:
+    """The index is HMAC-SHA256 under a key derived from the first data key, truncated to
+    16 bytes: stored indexes stay valid however the digest is computed."""
+    data_key = bytes(range(32))
+    index_key = HKDF(algorithm=SHA256(), length=32, salt=None, info=b"tidegate blind index").derive(
+        data_key
+    )
+    cipher = TenantCipher(TenantId("t"), {1: data_key})
+    for value in ("Order Completed", "", "é" * 100, "x" * 5000):
+        expected = hmac.new(index_key, value.encode(), hashlib.sha256).digest()[:16]
+        assert cipher.index(value) == expected

@@ -7,6 +7,7 @@ message refuses the whole request and nothing is written.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ _encode = msgspec.json.Encoder().encode
 OK = Response(b'{"success":true}', media_type="application/json")
 
 
+@functools.lru_cache(maxsize=16)  # a batch's messages share one receivedAt
 def _iso(ms: int) -> str:
     return (
         datetime.fromtimestamp(ms / 1000, UTC)
