@@ -66,7 +66,7 @@ async def test_offsets_are_kept_per_partition_across_a_restart(tmp_path: Path) -
     await second.append("t", [Record("k", b"b1"), Record("k", b"b2")])
     consumer = first.consume("t", "router", max_records=1).__aiter__()
     batches = [await asyncio.wait_for(consumer.__anext__(), 5) for _ in range(3)]
-    # One batch per partition per round: a1, b1, a2.
+    # One record per batch: the partition read first rotates, so a1, b1, a2.
     assert [_values(b) for b in batches] == [[(0, b"a1")], [(1, b"b1")], [(0, b"a2")]]
     # One commit naming both partitions (as the router's committer merges them).
     merged = Batch("t", "router", batches[0].records + batches[1].records)
@@ -150,3 +150,20 @@ async def test_offsets_of_the_layout_before_partitions_carry_over(tmp_path: Path
 def test_a_partition_outside_the_processes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="partition 2 is not one of 2 processes"):
         SqliteEventLog(tmp_path / "log.db", partition=2, processes=2)
+
+
+async def test_one_batch_holds_every_partition_with_records(tmp_path: Path) -> None:
+    """The router commits once per batch: records waiting in several partitions come in
+    one batch, not one batch per partition."""
+    main = tmp_path / "log.db"
+    first = SqliteEventLog(main, partition=0, processes=2)
+    second = SqliteEventLog(main, partition=1, processes=2)
+    try:
+        await first.append("t", [Record("k", b"a1"), Record("k", b"a2")])
+        await second.append("t", [Record("k", b"b1")])
+        consumer = first.consume("t", "router").__aiter__()
+        batch = await asyncio.wait_for(consumer.__anext__(), 5)
+        assert sorted(_values(batch)) == [(0, b"a1"), (0, b"a2"), (1, b"b1")]
+    finally:
+        await first.aclose()
+        await second.aclose()

@@ -135,25 +135,27 @@ class SqliteEventLog:
         positions = await self._main.read(lambda c: _committed(c, group, topic))
         files = self._discover()
         discovered = time.monotonic()
+        first = -1  # the partition read first in the last round
         while not self._closing.is_set():
             wakeup.clear()
-            found = False
-            # One batch per partition per round: a busy partition does not starve the rest.
-            for partition, db in files.items():
+            # One batch per round from every partition with records, so a consumer with
+            # several partitions commits its work once per round, not once per partition.
+            # Up to `max_records` in all; the partition read first rotates, so a busy
+            # partition does not starve the others.
+            order = list(files.items())
+            first = (first + 1) % len(order)
+            records: list[LogRecord] = []
+            for partition, db in order[first:] + order[:first]:
+                budget = max_records - len(records)
+                if budget <= 0:
+                    break
                 after = positions.get(partition, -1)
-                rows = db.read_now(partial(_read_after, topic, after, max_records))
-                if not rows:
-                    continue
-                found = True
-                positions[partition] = rows[-1][0]
-                yield Batch(
-                    topic=topic,
-                    group=group,
-                    records=tuple(
-                        LogRecord(partition, off, key, value) for off, key, value in rows
-                    ),
-                )
-            if found:
+                rows = db.read_now(partial(_read_after, topic, after, budget))
+                if rows:
+                    positions[partition] = rows[-1][0]
+                    records += (LogRecord(partition, off, key, value) for off, key, value in rows)
+            if records:
+                yield Batch(topic=topic, group=group, records=tuple(records))
                 continue
             if time.monotonic() - discovered > _DISCOVER_S:
                 files = self._discover()
