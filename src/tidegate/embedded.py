@@ -17,6 +17,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,8 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 _MAX_GROUP = 512
+_LOCK_TIMEOUT_S = 30.0
+_LOCK_POLL_S = 0.0005
 
 
 def sqlite_path(url: str, env_var: str) -> Path:
@@ -125,6 +128,8 @@ class EmbeddedDatabase:
 
     def _write_loop(self) -> None:
         conn = connect(self.path)
+        # Waits for another process's write lock are ours (`_begin`), not SQLite's.
+        conn.execute("PRAGMA busy_timeout=0")
         try:
             while True:
                 job = self._jobs.get()
@@ -176,7 +181,7 @@ class EmbeddedDatabase:
         the group isolated). No SAVEPOINT per job: two statements fewer each, and every
         statement is a round trip for the GIL with the event loop's thread."""
         results: list[tuple[_Job, bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        _begin(conn)
         for job in group:
             try:
                 value = job.fn(conn)
@@ -192,7 +197,7 @@ class EmbeddedDatabase:
     ) -> list[tuple[_Job, bool, Any]]:
         """Each job in its own SAVEPOINT, so a failing write does not undo the others."""
         results: list[tuple[_Job, bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        _begin(conn)
         for job in group:
             conn.execute("SAVEPOINT job")
             try:
@@ -216,6 +221,23 @@ class EmbeddedDatabase:
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's write lock in steps of half a
+    millisecond. SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between
+    tries, so a writer behind a busy one (an api process's audit record behind the
+    worker's routing, on one store file) waited 38 ms at the 95th percentile of reads
+    and over 100 ms at the 99th: each try came after the lock had been taken again."""
+    deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(_LOCK_POLL_S)
 
 
 def _detached(value: Any) -> Any:

@@ -74,3 +74,39 @@ async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
     await db.aclose()
     with pytest.raises(BackendUnavailable):
         await db.write(_insert("late", 1))
+
+
+async def test_a_write_waits_for_another_process_lock(tmp_path: Path) -> None:
+    """Another connection (as another process would) holds the write lock; the write
+    waits for it instead of failing, and lands once the lock is released."""
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA)
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t (k, v) VALUES ('other', 1)")
+        write = asyncio.ensure_future(db.write(_insert("mine", 2)))
+        await asyncio.sleep(0.2)
+        assert not write.done()  # still waiting for the lock
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(write, 5) == 2
+        assert _keys(other) == ["mine", "other"]
+    finally:
+        other.close()
+        await db.aclose()
+
+
+async def test_a_lock_held_past_the_timeout_fails_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tidegate.embedded._LOCK_TIMEOUT_S", 0.2)
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA)
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(BackendUnavailable):
+            await asyncio.wait_for(db.write(_insert("mine", 2)), 5)
+        other.execute("ROLLBACK")
+        assert await db.write(_insert("later", 3)) == 3
+    finally:
+        other.close()
+        await db.aclose()

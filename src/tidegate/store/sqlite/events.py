@@ -185,8 +185,11 @@ class SqliteEventStore:
         if query.after_id is not None:
             where.append("id < ?")
             args.append(query.after_id)
+        # By name: walk events_name, which holds each name's events in id order (without
+        # statistics SQLite would walk the primary key and skip every other name).
+        source = "events INDEXED BY events_name" if query.name_index is not None else "events"
         sql = (
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+            f"SELECT {EVENT_COLUMNS} FROM {source} WHERE {' AND '.join(where)}"
             " ORDER BY id DESC LIMIT ?"
         )
         rows = await self._db.read(lambda c: c.execute(sql, [*args, query.limit]).fetchall())
