@@ -129,6 +129,24 @@ async def test_leased_deliveries_are_not_claimed_until_released(store: Store) ->
     assert await store.deliveries.claim_due(now_ms=now_ms(), lease_ms=60_000, limit=10) == []
 
 
+async def test_claims_and_the_alarm_leave_out_excluded_destinations(store: Store) -> None:
+    """The scheduler excludes the destinations whose lanes have no room."""
+    tenant = await _tenant(store)
+    full = await _destination(store, tenant, "full")
+    free = await _destination(store, tenant, "free")
+    await _route(store, _event(tenant, b"m"), full, free)
+    assert await store.deliveries.release_all_leases() == 2
+    assert await store.deliveries.next_due_ms([full, free]) is None
+    assert await store.deliveries.next_due_ms([full]) is not None
+    claimed = await store.deliveries.claim_due(
+        now_ms=now_ms(), lease_ms=60_000, limit=10, exclude=[full]
+    )
+    assert [d.destination_id for d in claimed] == [free]
+    assert await store.deliveries.next_due_ms([full]) is not None  # leased: due at expiry
+    (later,) = await store.deliveries.claim_due(now_ms=now_ms(), lease_ms=60_000, limit=10)
+    assert later.destination_id == full
+
+
 async def test_attempts_update_the_delivery_and_dead_letters_replay(store: Store) -> None:
     tenant = await _tenant(store)
     dest = await _destination(store, tenant)

@@ -54,6 +54,10 @@ _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 _encode_json = msgspec.json.Encoder().encode
 _DESTINATION_TTL_S = 2.0
 _MAX_LANE_BACKLOG = 10_000
+# The scheduler claims no retries for a lane holding more than this: a lane that full
+# would hand them straight back, and claiming them again and again while it stays full
+# is store work taken from delivery.
+_CLAIMABLE_BACKLOG = _MAX_LANE_BACKLOG // 2
 _OUTCOME_LINGER_S = 0.005
 
 
@@ -86,7 +90,7 @@ class Loaded(msgspec.Struct, frozen=True):
 class Lane:
     """One destination's queue and in-flight count."""
 
-    __slots__ = ("backlog", "breaker", "cap", "in_flight")
+    __slots__ = ("backlog", "breaker", "cap", "in_flight", "is_closed_to_claims")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.backlog: deque[tuple[Delivery, Loaded | None]] = deque()
@@ -95,6 +99,8 @@ class Lane:
         # In-flight cap when not the per-destination default: a warehouse lane holds a
         # whole batch in flight, since its rows wait together for one load.
         self.cap: int | None = None
+        # Over _CLAIMABLE_BACKLOG when last looked at: the scheduler leaves it out.
+        self.is_closed_to_claims = False
 
 
 LoaderFactory = Callable[[Destination, str], Loader]
@@ -170,6 +176,16 @@ class Dispatcher:
     def is_known(self, delivery_id: str) -> bool:
         return delivery_id in self._known
 
+    def full_destinations(self) -> list[DestinationId]:
+        """Destinations whose lane has no room for claimed retries (more than half its
+        backlog cap queued); the scheduler is woken once such a lane drains."""
+        full = []
+        for destination_id, lane in self._lanes.items():
+            lane.is_closed_to_claims = len(lane.backlog) > _CLAIMABLE_BACKLOG
+            if lane.is_closed_to_claims:
+                full.append(destination_id)
+        return full
+
     def submit(
         self, deliveries: Iterable[Delivery], plaintext: dict[EventId, Loaded] | None = None
     ) -> None:
@@ -229,6 +245,9 @@ class Dispatcher:
             task = asyncio.create_task(self._run(lane, delivery, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if lane.is_closed_to_claims and len(lane.backlog) <= _CLAIMABLE_BACKLOG // 2:
+            lane.is_closed_to_claims = False
+            self._on_recovered()  # the scheduler claims this lane's retries again
 
     async def _run(self, lane: Lane, delivery: Delivery, body: Loaded | None) -> None:
         slot = _Slot(self, lane)

@@ -63,17 +63,19 @@ class Worker:
         deliveries = self._rt.store.deliveries
         while True:
             now = now_ms()
+            full = self.dispatcher.full_destinations()
             due = await deliveries.claim_due(
                 now_ms=now,
                 lease_ms=lease_ms(self._rt.settings.delivery_timeout_s),
                 limit=_CLAIM_LIMIT,
+                exclude=full,
             )
             fresh = [d for d in due if not self.dispatcher.is_known(d.id)]
             if fresh:
                 self.dispatcher.submit(fresh)
             if len(due) == _CLAIM_LIMIT:
                 continue
-            next_due = await deliveries.next_due_ms()
+            next_due = await deliveries.next_due_ms(full)
             wait_s = (
                 _SCAN_S
                 if next_due is None

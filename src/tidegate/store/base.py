@@ -238,16 +238,25 @@ class EventStore(Protocol):
 
 
 class DeliveryStore(Protocol):
-    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> list[Delivery]:
-        """Lease up to `limit` pending deliveries due by `now_ms` and not leased by anyone."""
+    async def claim_due(
+        self,
+        *,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        exclude: Sequence[DestinationId] = (),
+    ) -> list[Delivery]:
+        """Lease up to `limit` pending deliveries due by `now_ms` and not leased by anyone,
+        none of them to a destination in `exclude` (the caller has no room for those)."""
         ...
 
     async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:
         """Store attempts and update their deliveries (status, schedule, lease released)."""
         ...
 
-    async def next_due_ms(self) -> int | None:
-        """When the earliest pending delivery falls due (the scheduler's alarm)."""
+    async def next_due_ms(self, exclude: Sequence[DestinationId] = ()) -> int | None:
+        """When the earliest pending delivery to a destination not in `exclude` falls due
+        (the scheduler's alarm)."""
         ...
 
     async def defer(self, delivery_ids: Sequence[DeliveryId], until_ms: int) -> None:

@@ -7,6 +7,7 @@ two lease the same delivery, and multi-row writes go in key order against deadlo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tidegate.ids import new_delivery_id
 from tidegate.model import (
@@ -29,15 +30,24 @@ class PostgresDeliveryStore:
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
 
-    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> list[Delivery]:
+    async def claim_due(
+        self,
+        *,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        exclude: Sequence[DestinationId] = (),
+    ) -> list[Delivery]:
+        excluded = " AND destination_id <> ALL(%s)" if exclude else ""
+        args: tuple[Any, ...] = (now_ms, now_ms, *([list(exclude)] if exclude else []), limit)
         async with self._db.transaction() as conn:
             # SKIP LOCKED: a delivery another worker is claiming right now is its, not ours.
             cur = await conn.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
                 " AND next_attempt_at_ms <= %s"
-                " AND (lease_until_ms IS NULL OR lease_until_ms < %s)"
+                f" AND (lease_until_ms IS NULL OR lease_until_ms < %s){excluded}"
                 " ORDER BY next_attempt_at_ms LIMIT %s FOR UPDATE SKIP LOCKED",
-                (now_ms, now_ms, limit),
+                args,
             )
             rows = await cur.fetchall()
             if rows:
@@ -47,12 +57,16 @@ class PostgresDeliveryStore:
                 )
         return [delivery_row(r) for r in rows]
 
-    async def next_due_ms(self) -> int | None:
+    async def next_due_ms(self, exclude: Sequence[DestinationId] = ()) -> int | None:
         """When the earliest pending delivery falls due (the scheduler's alarm)."""
-        row = await self._db.fetch_one(
+        sql = (
             "SELECT MIN(GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0)))"
             " FROM deliveries WHERE status = 'pending'"
         )
+        if exclude:
+            row = await self._db.fetch_one(sql + " AND destination_id <> ALL(%s)", (list(exclude),))
+        else:
+            row = await self._db.fetch_one(sql)
         return int(row[0]) if row and row[0] is not None else None
 
     async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:

@@ -28,13 +28,22 @@ class SqliteDeliveryStore:
     def __init__(self, db: EmbeddedDatabase) -> None:
         self._db = db
 
-    async def claim_due(self, *, now_ms: int, lease_ms: int, limit: int) -> list[Delivery]:
+    async def claim_due(
+        self,
+        *,
+        now_ms: int,
+        lease_ms: int,
+        limit: int,
+        exclude: Sequence[DestinationId] = (),
+    ) -> list[Delivery]:
+        excluded = f" AND destination_id NOT IN ({placeholders(len(exclude))})" if exclude else ""
+
         def claim(c: sqlite3.Connection) -> list[Delivery]:
             rows = c.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending'"
                 " AND next_attempt_at_ms <= ? AND (lease_until_ms IS NULL OR lease_until_ms < ?)"
-                " ORDER BY next_attempt_at_ms LIMIT ?",
-                (now_ms, now_ms, limit),
+                f"{excluded} ORDER BY next_attempt_at_ms LIMIT ?",
+                (now_ms, now_ms, *exclude, limit),
             ).fetchall()
             if rows:
                 c.executemany(
@@ -45,12 +54,14 @@ class SqliteDeliveryStore:
 
         return await self._db.write(claim)
 
-    async def next_due_ms(self) -> int | None:
+    async def next_due_ms(self, exclude: Sequence[DestinationId] = ()) -> int | None:
         """When the earliest pending delivery falls due (the scheduler's alarm)."""
+        excluded = f" AND destination_id NOT IN ({placeholders(len(exclude))})" if exclude else ""
         row = await self._db.read(
             lambda c: c.execute(
                 "SELECT MIN(MAX(next_attempt_at_ms, COALESCE(lease_until_ms, 0)))"
-                " FROM deliveries WHERE status = 'pending'"
+                f" FROM deliveries WHERE status = 'pending'{excluded}",
+                tuple(exclude),
             ).fetchone()
         )
         return int(row[0]) if row and row[0] is not None else None
