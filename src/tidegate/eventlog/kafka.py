@@ -497,6 +497,11 @@ class _HoleGuard:
             self._next.pop(partition, None)
             self._holes.pop(partition, None)
 
+    def restart(self, partition: int, offset: int) -> None:
+        """`offset` was yielded whatever came before it: the sequence goes on from it."""
+        self._holes.pop(partition, None)
+        self._next[partition] = offset + 1
+
     def hole_before(self, partition: int, offset: int, now: float) -> int | None:
         """None when the record may be yielded; else the offset to fetch again from."""
         expected = self._next.get(partition)
@@ -511,8 +516,7 @@ class _HoleGuard:
             log.warning(
                 "eventlog.offset_hole_passed", partition=partition, start=expected, end=offset
             )
-        self._holes.pop(partition, None)
-        self._next[partition] = offset + 1
+        self.restart(partition, offset)
         return None
 
 
@@ -665,8 +669,7 @@ class _Member:
                 if self._seek(consumer, record.partition, hole):
                     held.add(record.partition)
                     continue
-                self._holes.forget([record.partition])  # yielded as it is; a new sequence
-                self._holes.hole_before(record.partition, record.offset, now)
+                self._holes.restart(record.partition, record.offset)  # yielded as it is
             records.append(record)
         if not records:
             return None

@@ -38,8 +38,7 @@ class PostgresDeliveryStore:
         limit: int,
         exclude: Sequence[DestinationId] = (),
     ) -> list[Delivery]:
-        excluded = " AND destination_id <> ALL(%s)" if exclude else ""
-        args: tuple[Any, ...] = (now_ms, now_ms, *([list(exclude)] if exclude else []), limit)
+        excluded, excluded_args = _excluding(exclude)
         async with self._db.transaction() as conn:
             # SKIP LOCKED: a delivery another worker is claiming right now is its, not ours.
             cur = await conn.execute(
@@ -47,7 +46,7 @@ class PostgresDeliveryStore:
                 " AND next_attempt_at_ms <= %s"
                 f" AND (lease_until_ms IS NULL OR lease_until_ms < %s){excluded}"
                 " ORDER BY next_attempt_at_ms LIMIT %s FOR UPDATE SKIP LOCKED",
-                args,
+                (now_ms, now_ms, *excluded_args, limit),
             )
             rows = await cur.fetchall()
             if rows:
@@ -59,14 +58,12 @@ class PostgresDeliveryStore:
 
     async def next_due_ms(self, exclude: Sequence[DestinationId] = ()) -> int | None:
         """When the earliest pending delivery falls due (the scheduler's alarm)."""
-        sql = (
+        excluded, excluded_args = _excluding(exclude)
+        row = await self._db.fetch_one(
             "SELECT MIN(GREATEST(next_attempt_at_ms, COALESCE(lease_until_ms, 0)))"
-            " FROM deliveries WHERE status = 'pending'"
+            f" FROM deliveries WHERE status = 'pending'{excluded}",
+            excluded_args,
         )
-        if exclude:
-            row = await self._db.fetch_one(sql + " AND destination_id <> ALL(%s)", (list(exclude),))
-        else:
-            row = await self._db.fetch_one(sql)
         return int(row[0]) if row and row[0] is not None else None
 
     async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:
@@ -288,3 +285,10 @@ def _rounds(results: Sequence[AttemptResult]) -> list[list[AttemptResult]]:
             seen.append({delivery_id})
             rounds.append([result])
     return rounds
+
+
+def _excluding(destination_ids: Sequence[DestinationId]) -> tuple[str, tuple[Any, ...]]:
+    """The condition leaving `destination_ids` out, and its parameters (none if empty)."""
+    if not destination_ids:
+        return "", ()
+    return " AND destination_id <> ALL(%s)", (list(destination_ids),)
