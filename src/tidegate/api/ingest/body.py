@@ -84,26 +84,41 @@ def decode_json(body: bytes) -> Any:
         raise InvalidRequest(f"JSON number out of range: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
-    check_shape(value)
+    # The walk is skipped when the bytes rule out both faults: fewer brackets than the
+    # depth limit, and no run of 19 digits (every integer of up to 18 digits fits in 64
+    # bits; digits in strings only make this cautious). Most single events pass here.
+    ints = _LONG_RUN in body.translate(_DIGITS_TO_ZERO)  # C speed; a regex took 10x longer
+    if ints or body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        check_shape(value, ints=ints)
     return value
 
 
-def check_shape(value: Any) -> None:
-    """Refuse deep nesting and integers that no consumer can represent (iteratively)."""
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+_CONTAINERS = (dict, list)
+
+
+def check_shape(value: Any, *, ints: bool = True) -> None:
+    """Refuse deep nesting and integers that no consumer can represent (iteratively).
+
+    Only containers are pushed, and integers are looked at only when `ints`: a batch of
+    a hundred events has a few thousand values, and this runs for each request."""
+    if type(value) not in _CONTAINERS:
+        _check_int(value)
+        return
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            if depth > MAX_DEPTH:
-                raise InvalidRequest(f"JSON nesting exceeds {MAX_DEPTH} levels")
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            if depth > MAX_DEPTH:
-                raise InvalidRequest(f"JSON nesting exceeds {MAX_DEPTH} levels")
-            stack.extend((v, depth + 1) for v in item)
-        elif (
-            isinstance(item, int)
-            and not isinstance(item, bool)
-            and not -_INT_LIMIT <= item < _INT_LIMIT
-        ):
-            raise InvalidRequest("JSON integer out of range (must fit in 64 bits)")
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"JSON nesting exceeds {MAX_DEPTH} levels")
+        values = item.values() if type(item) is dict else item
+        stack.extend([(v, depth + 1) for v in values if type(v) in _CONTAINERS])
+        if ints:
+            for v in values:
+                _check_int(v)
+
+
+def _check_int(value: Any) -> None:
+    # msgspec decodes to exact types: `type(v) is int` leaves out bool.
+    if type(value) is int and not -_INT_LIMIT <= value < _INT_LIMIT:
+        raise InvalidRequest("JSON integer out of range (must fit in 64 bits)")
