@@ -22,8 +22,10 @@ of its own, reported side by side; (b), the step search and the soak are left ou
 
 Scenarios:
   baseline  the minimal app, closed loop, same generator as (a); run before and after (a)
-  (a)       POST /v1/track, closed loop, N concurrent senders
-  (b)       POST /v1/batch (100 events/request), closed loop
+  (a)       POST /v1/track, closed loop, N concurrent senders (64), then again with
+            --wide-concurrency senders (256): throughput at saturation
+  (b)       POST /v1/batch (100 events/request), closed loop, 8 senders, then again with
+            --wide-batch-concurrency senders (32)
   (c)       POST /v1/track, open loop at a fixed rate, to a tenant with a webhook
             destination: ack latency and ingest->delivery latency, ledger, lost events
   (d)       GET /v1/events?limit=20 at ~20 req/s while (c) runs
@@ -105,7 +107,9 @@ class Plan:
     warmup_s: float
     burst_s: float
     concurrency: int
+    wide_concurrency: int
     batch_concurrency: int
+    wide_batch_concurrency: int
     batch_size: int
     rate: float
     e2e_s: float
@@ -144,7 +148,9 @@ class Plan:
             warmup_s=1.0 if quick else 2.0,
             burst_s=args.burst_seconds or (4.0 if quick else 10.0),
             concurrency=args.concurrency,
+            wide_concurrency=args.wide_concurrency,
             batch_concurrency=args.batch_concurrency,
+            wide_batch_concurrency=args.wide_batch_concurrency,
             batch_size=100,
             rate=args.rate,
             e2e_s=args.e2e_seconds or (10.0 if quick else 20.0),
@@ -456,7 +462,16 @@ async def measure(
 
     async with contextlib.AsyncExitStack() as stack:
         control = await stack.enter_async_context(loadgen.session(8))
-        burst = await stack.enter_async_context(loadgen.client(plan.concurrency))
+        burst = await stack.enter_async_context(
+            loadgen.client(
+                max(
+                    plan.concurrency,
+                    plan.wide_concurrency,
+                    plan.batch_concurrency,
+                    plan.wide_batch_concurrency,
+                )
+            )
+        )
         ingest_http = await stack.enter_async_context(loadgen.client(256))
         read_http = await stack.enter_async_context(loadgen.client(16))
 
@@ -500,6 +515,20 @@ async def measure(
         out["a_track"]["catch_up_resources"] = window.resources
         print(f"  router caught up after {out['a_track']['router_catch_up_s']} s", flush=True)
 
+        # (a) again with more senders: at 64, Tidegate's ack latency (a durable commit per
+        # group) bounds the rate before the cores do; throughput is measured at saturation
+        if plan.wide_concurrency > plan.concurrency:
+            print(f"(a) POST /v1/track, closed loop, {plan.wide_concurrency} senders", flush=True)
+            wide_target = loadgen.track_target(tg.base, ingest.write_key, f"{run_id}-aw")
+            r, res = await closed("a_wide", wide_target, plan.wide_concurrency, plan.burst_s)
+            out["a_wide"] = closed_summary(r, res)
+            with Window(pids()) as window:
+                out["a_wide"]["router_catch_up_s"] = await catch_up(
+                    control, tg.base, ingest, f"{run_id}-sentinel-aw", plan.catchup_s
+                )
+            out["a_wide"]["catch_up_resources"] = window.resources
+            print(f"  router caught up after {out['a_wide']['router_catch_up_s']} s", flush=True)
+
         # baseline after (a): brackets (a) against drift of a shared machine
         print("baseline (minimal ASGI app), after (a)", flush=True)
         r, res = await closed("baseline_after", bl_target, plan.concurrency, plan.burst_s)
@@ -519,6 +548,27 @@ async def measure(
                 )
             out["b_batch"]["catch_up_resources"] = window.resources
             print(f"  router caught up after {out['b_batch']['router_catch_up_s']} s", flush=True)
+            if plan.wide_batch_concurrency > plan.batch_concurrency:
+                print(
+                    f"(b) POST /v1/batch x{plan.batch_size}, closed loop,"
+                    f" {plan.wide_batch_concurrency} senders",
+                    flush=True,
+                )
+                bw_target = loadgen.batch_target(
+                    tg.base, ingest.write_key, f"{run_id}-bw", plan.batch_size
+                )
+                r, res = await closed(
+                    "b_wide", bw_target, plan.wide_batch_concurrency, plan.burst_s
+                )
+                out["b_wide"] = closed_summary(r, res)
+                with Window(pids()) as window:
+                    out["b_wide"]["router_catch_up_s"] = await catch_up(
+                        control, tg.base, ingest, f"{run_id}-sentinel-bw", plan.catchup_s
+                    )
+                out["b_wide"]["catch_up_resources"] = window.resources
+                print(
+                    f"  router caught up after {out['b_wide']['router_catch_up_s']} s", flush=True
+                )
 
         # (c) + (d): end to end at a fixed rate, with reads alongside
         print(f"(c) open loop {plan.rate:g} events/s for {plan.e2e_s:g} s, + (d) reads", flush=True)
@@ -1126,7 +1176,19 @@ def main() -> int:
     parser.add_argument("--e2e-seconds", type=float, help="(c) duration (default 20, quick 10)")
     parser.add_argument("--burst-seconds", type=float, help="(a), (b), baseline duration")
     parser.add_argument("--concurrency", type=int, default=64, help="(a) and baseline senders")
+    parser.add_argument(
+        "--wide-concurrency",
+        type=int,
+        default=256,
+        help="(a) run again with this many senders, to measure it at saturation (0 skips)",
+    )
     parser.add_argument("--batch-concurrency", type=int, default=8, help="(b) senders")
+    parser.add_argument(
+        "--wide-batch-concurrency",
+        type=int,
+        default=32,
+        help="(b) run again with this many senders, to measure it at saturation (0 skips)",
+    )
     parser.add_argument("--read-rate", type=float, default=20.0, help="(d) requests/s")
     parser.add_argument(
         "--sustained-rate",
