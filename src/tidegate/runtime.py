@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from tidegate.eventlog import EventLog, open_event_log
 from tidegate.keys import KeyRing, open_key_ring
@@ -26,7 +27,7 @@ class Runtime:
     ssrf: SsrfPolicy
     closed: bool = field(default=False)
 
-    @property
+    @cached_property
     def topic(self) -> str:
         """Topics are per region: a cell never shares its log with another."""
         return f"{EVENTS_TOPIC}.{self.settings.region}"
