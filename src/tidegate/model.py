@@ -110,7 +110,11 @@ class EventMeta(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """The value of one log record: metadata plus the encrypted event body."""
+    """One event in the log: metadata plus the encrypted event body.
+
+    A log record's value is a msgpack array of entries: the events of one request, up to
+    RECORD_EVENTS and RECORD_BYTES of ciphertext a record (records written before
+    batching held one bare entry, and still route)."""
 
     meta: EventMeta
     ciphertext: bytes

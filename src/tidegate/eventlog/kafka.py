@@ -162,6 +162,8 @@ _NO_TOPIC_ID = frozenset(
     }
 )
 _POLL_S = 0.1
+_FETCH_BYTES = 8 * 1024 * 1024
+_FETCH_STEP = 100
 # How long a hole in a partition's offsets may stay unfilled before it is taken as real.
 _HOLE_GRACE_S = 2.0
 _ACK_MARGIN_S = 5.0
@@ -649,8 +651,15 @@ class _Member:
         if first is None:
             return None
         messages = [first]
-        if self._max_records > 1:
-            messages += consumer.consume(self._max_records - 1, 0)
+        # Up to max_records, and about _FETCH_BYTES: a record holds up to a request's
+        # events (256 KB), so 500 of them could be over 100 MB.
+        size = len(first.value() or b"")
+        while len(messages) < self._max_records and size < _FETCH_BYTES:
+            more = consumer.consume(min(_FETCH_STEP, self._max_records - len(messages)), 0)
+            if not more:
+                break
+            messages += more
+            size += sum(len(m.value() or b"") for m in more)
         records = []
         held: set[int] = set()  # partitions fetched again from a hole
         now = time.monotonic()

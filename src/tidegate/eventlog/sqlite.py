@@ -220,6 +220,7 @@ class SqliteEventLog:
 
 
 _TRIM_CHUNK = 1_000
+_READ_BYTES = 8 * 1024 * 1024
 _TRIM_PAUSE_S = 0.01
 _CROSS_PROCESS_POLL_S = 0.005
 _DISCOVER_S = 1.0
@@ -239,10 +240,23 @@ def _upgrade(path: Path) -> None:
 def _read_after(
     topic: str, position: int, limit: int, conn: sqlite3.Connection
 ) -> list[tuple[int, str, bytes]]:
-    return conn.execute(
+    """Up to `limit` records after `position`, and about _READ_BYTES at most (a record
+    holds up to a request's worth of events)."""
+    rows: list[tuple[int, str, bytes]] = []
+    size = 0
+    cursor = conn.execute(
         "SELECT pos, key, value FROM records WHERE topic = ? AND pos > ? ORDER BY pos LIMIT ?",
         (topic, position, limit),
-    ).fetchall()
+    )
+    try:
+        for row in cursor:
+            rows.append(row)
+            size += len(row[2])
+            if size >= _READ_BYTES:
+                break
+    finally:
+        cursor.close()  # a statement left running would keep the read transaction open
+    return rows
 
 
 def _committed(conn: sqlite3.Connection, group: str, topic: str) -> dict[int, int]:

@@ -26,9 +26,11 @@ from tidegate.runtime import Runtime
 from tidegate.store import RoutedEvent
 
 log = structlog.get_logger(__name__)
-_decode_entry = msgspec.msgpack.Decoder(LogEntry).decode
+# A record's value: an array of entries, or one bare entry (written before batching).
+_decode_record = msgspec.msgpack.Decoder(list[LogEntry] | LogEntry).decode
 _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 LEASE_FLOOR_MS = 60_000
+ROUTE_EVENTS = 2_000  # events per store transaction, when a batch of records holds more
 
 
 def lease_ms(delivery_timeout_s: float) -> int:
@@ -54,13 +56,24 @@ class Router:
 
     async def route(self, batch: Batch) -> None:
         """Record the batch's events and deliveries and hand them to the dispatcher; the
-        caller commits the batch's offsets once this returns."""
-        entries = []
+        caller commits the batch's offsets once this returns. A batch of many events goes
+        to the store in several transactions: a crash between them re-reads the batch, and
+        the store recognises what it already holds."""
+        entries: list[LogEntry] = []
         for record in batch.records:
             try:
-                entries.append(_decode_entry(record.value))
+                value = _decode_record(record.value)
             except msgspec.DecodeError:
                 log.error("router.undecodable_record", offset=record.offset)
+                continue
+            if isinstance(value, LogEntry):
+                entries.append(value)
+            else:
+                entries += value
+        for start in range(0, len(entries), ROUTE_EVENTS):
+            await self._route(entries[start : start + ROUTE_EVENTS])
+
+    async def _route(self, entries: list[LogEntry]) -> None:
         by_tenant: dict[TenantId, list[Destination]] = defaultdict(list)
         tenants = list({e.meta.tenant_id for e in entries})
         for destination in await self._rt.store.destinations.enabled_destinations(tenants):

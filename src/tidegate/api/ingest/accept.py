@@ -22,7 +22,12 @@ from tidegate.runtime import Runtime
 
 _CACHE_TTL_S = 10.0
 _encode_body = msgspec.msgpack.Encoder().encode
-_encode_entry = msgspec.msgpack.Encoder().encode
+_encode_entries = msgspec.msgpack.Encoder().encode
+# A log record holds up to this many of a request's events and bytes of their ciphertext:
+# one row (or Kafka message) per request where there was one per event, well under
+# Kafka's default message size limit whatever the batch.
+RECORD_EVENTS = 100
+RECORD_BYTES = 256 * 1024
 _INGESTED: dict[str, Any] = {}  # the counter's child per kind: labels() looks it up each call
 
 
@@ -119,7 +124,9 @@ class Ingestor:
     async def accept(self, source: Source, events: Sequence[Prepared]) -> None:
         """Encrypt and append; returns once the log has committed every event."""
         cipher = await self._rt.envelope.cipher(source.tenant_id)
-        records = []
+        records: list[Record] = []
+        entries: list[LogEntry] = []
+        entries_bytes = 0
         size = 0
         for event in events:
             event_id = new_event_id()
@@ -135,10 +142,16 @@ class Ingestor:
             )
             body = EventBody(name=event.name, message_id=event.message_id, payload=event.payload)
             ciphertext = cipher.encrypt(_encode_body(body), event_id.encode())
-            records.append(
-                Record(source.tenant_id, _encode_entry(LogEntry(meta=meta, ciphertext=ciphertext)))
-            )
+            if entries and (
+                len(entries) >= RECORD_EVENTS or entries_bytes + len(ciphertext) > RECORD_BYTES
+            ):
+                records.append(Record(source.tenant_id, _encode_entries(entries)))
+                entries, entries_bytes = [], 0
+            entries.append(LogEntry(meta=meta, ciphertext=ciphertext))
+            entries_bytes += len(ciphertext)
             size += len(event.payload)
+        if entries:
+            records.append(Record(source.tenant_id, _encode_entries(entries)))
         await self._rt.log.append(self._rt.topic, records)
         self._rt.meter.add(source.tenant_id, Meter.EVENTS_ACCEPTED, len(events))
         kind = events[0].kind
