@@ -63,7 +63,8 @@ API keys and the destination are created with the `tidegate` CLI.
   reason as (a). Latency is per request (100 events).
 - (a) and (b) use a tenant with no destination, so they measure ingest (and the router
   storing the events). After each, the run sends a sentinel event and waits until the
-  read API lists it: "router catch-up" is how far storing lagged behind acknowledging.
+  read API lists it (up to 180 s; quick 60): "router catch-up" is how far storing lagged
+  behind acknowledging, and the next scenario starts only then.
 - **(c) end to end**: `POST /v1/track` **open loop** at a fixed rate (default 1,200
   events/s for 20 s) to a second tenant with one webhook destination (the receiver).
   Request *i* is due at t0 + i/rate whatever happened before; its latency is measured

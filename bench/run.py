@@ -157,7 +157,9 @@ class Plan:
             read_rate=args.read_rate,
             # > Tidegate's 60 s delivery lease, so "late" is not mistaken for "lost"
             drain_s=30.0 if quick else 90.0,
-            catchup_s=30.0 if quick else 45.0,
+            # the wide (b) run leaves ~1,000,000 events to route at ~20,000/s; the next
+            # scenario must not start on that backlog
+            catchup_s=60.0 if quick else 180.0,
             sustained_rate=args.sustained_rate,
             sustained_s=args.sustained_seconds or (10.0 if quick else 30.0),
             step_rates=tuple(r for r in steps if r < args.sustained_rate),
