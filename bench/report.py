@@ -228,38 +228,31 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
                 f" senders, {plan['burst_s']:g} s | {_n(b['requests_per_s'])} req/s"
                 f" | {_lat(b['latency_ms'])} | {_errors(b)} |"
             )
-    if "a_track" in s:
-        a = s["a_track"]
-        ratio = f" = **{a['events_per_s'] / base:.2f}x** baseline" if base else ""
-        lines.append(
-            f"| (a) `POST /v1/track`, ack | closed, {plan['concurrency']} senders,"
-            f" {plan['burst_s']:g} s | {_n(a['events_per_s'])} events/s{ratio}"
-            f" | {_lat(a['latency_ms'])} | {_errors(a)} |"
-        )
-    if "a_wide" in s:
-        a = s["a_wide"]
-        ratio = f" = **{a['events_per_s'] / base:.2f}x** baseline" if base else ""
-        lines.append(
-            f"| (a) `POST /v1/track`, ack | closed, {plan['wide_concurrency']} senders,"
-            f" {plan.get('wide_s', plan['burst_s']):g} s | {_n(a['events_per_s'])} events/s{ratio}"
-            f" | {_lat(a['latency_ms'])} | {_errors(a)} |"
-        )
-    if "b_batch" in s:
-        b = s["b_batch"]
-        lines.append(
-            f"| (b) `POST /v1/batch` x{plan['batch_size']}, per request | closed,"
-            f" {plan['batch_concurrency']} senders, {plan['burst_s']:g} s"
-            f" | {_n(b['events_per_s'])} events/s ({_n(b['requests_per_s'])} req/s)"
-            f" | {_lat(b['latency_ms'])} | {_errors(b)} |"
-        )
-    if "b_wide" in s:
-        b = s["b_wide"]
-        lines.append(
-            f"| (b) `POST /v1/batch` x{plan['batch_size']}, per request | closed,"
-            f" {plan['wide_batch_concurrency']} senders, {plan.get('wide_s', plan['burst_s']):g} s"
-            f" | {_n(b['events_per_s'])} events/s ({_n(b['requests_per_s'])} req/s)"
-            f" | {_lat(b['latency_ms'])} | {_errors(b)} |"
-        )
+    wide_s = plan.get("wide_s", plan["burst_s"])
+    for key, senders, seconds in (
+        ("a_track", plan["concurrency"], plan["burst_s"]),
+        ("a_wide", plan.get("wide_concurrency"), wide_s),
+    ):
+        if key in s:
+            a = s[key]
+            ratio = f" = **{a['events_per_s'] / base:.2f}x** baseline" if base else ""
+            lines.append(
+                f"| (a) `POST /v1/track`, ack | closed, {senders} senders, {seconds:g} s"
+                f" | {_n(a['events_per_s'])} events/s{ratio}"
+                f" | {_lat(a['latency_ms'])} | {_errors(a)} |"
+            )
+    for key, senders, seconds in (
+        ("b_batch", plan["batch_concurrency"], plan["burst_s"]),
+        ("b_wide", plan.get("wide_batch_concurrency"), wide_s),
+    ):
+        if key in s:
+            b = s[key]
+            lines.append(
+                f"| (b) `POST /v1/batch` x{plan['batch_size']}, per request | closed,"
+                f" {senders} senders, {seconds:g} s"
+                f" | {_n(b['events_per_s'])} events/s ({_n(b['requests_per_s'])} req/s)"
+                f" | {_lat(b['latency_ms'])} | {_errors(b)} |"
+            )
     if "c_e2e" in s:
         c = s["c_e2e"]
         ledger = c["ledger"]

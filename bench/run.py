@@ -503,6 +503,19 @@ async def measure(
             )
             return result, window.resources
 
+        async def ingest_run(
+            key: str, target: loadgen.Target, concurrency: int, duration_s: float
+        ) -> None:
+            """(a) or (b): a closed-loop run, then the wait for the router to store it all."""
+            r, res = await closed(key, target, concurrency, duration_s)
+            out[key] = closed_summary(r, res)
+            with Window(pids()) as window:
+                out[key]["router_catch_up_s"] = await catch_up(
+                    control, tg.base, ingest, f"{run_id}-sentinel-{key}", plan.catchup_s
+                )
+            out[key]["catch_up_resources"] = window.resources
+            print(f"  router caught up after {out[key]['router_catch_up_s']} s", flush=True)
+
         # baseline before (a)
         print("baseline (minimal ASGI app), before (a)", flush=True)
         bl_target = loadgen.track_target(bl.base, "baseline", f"{run_id}-bl")
@@ -512,28 +525,14 @@ async def measure(
         # (a) single-event ingest
         print("(a) POST /v1/track, closed loop", flush=True)
         a_target = loadgen.track_target(tg.base, ingest.write_key, f"{run_id}-a")
-        r, res = await closed("a_track", a_target, plan.concurrency, plan.burst_s)
-        out["a_track"] = closed_summary(r, res)
-        with Window(pids()) as window:
-            out["a_track"]["router_catch_up_s"] = await catch_up(
-                control, tg.base, ingest, f"{run_id}-sentinel-a", plan.catchup_s
-            )
-        out["a_track"]["catch_up_resources"] = window.resources
-        print(f"  router caught up after {out['a_track']['router_catch_up_s']} s", flush=True)
+        await ingest_run("a_track", a_target, plan.concurrency, plan.burst_s)
 
         # (a) again with more senders: at 64, Tidegate's ack latency (a durable commit per
         # group) bounds the rate before the cores do; throughput is measured at saturation
         if plan.wide_concurrency > plan.concurrency:
             print(f"(a) POST /v1/track, closed loop, {plan.wide_concurrency} senders", flush=True)
             wide_target = loadgen.track_target(tg.base, ingest.write_key, f"{run_id}-aw")
-            r, res = await closed("a_wide", wide_target, plan.wide_concurrency, plan.wide_s)
-            out["a_wide"] = closed_summary(r, res)
-            with Window(pids()) as window:
-                out["a_wide"]["router_catch_up_s"] = await catch_up(
-                    control, tg.base, ingest, f"{run_id}-sentinel-aw", plan.catchup_s
-                )
-            out["a_wide"]["catch_up_resources"] = window.resources
-            print(f"  router caught up after {out['a_wide']['router_catch_up_s']} s", flush=True)
+            await ingest_run("a_wide", wide_target, plan.wide_concurrency, plan.wide_s)
 
         # baseline after (a): brackets (a) against drift of a shared machine
         print("baseline (minimal ASGI app), after (a)", flush=True)
@@ -546,14 +545,7 @@ async def measure(
             b_target = loadgen.batch_target(
                 tg.base, ingest.write_key, f"{run_id}-b", plan.batch_size
             )
-            r, res = await closed("b_batch", b_target, plan.batch_concurrency, plan.burst_s)
-            out["b_batch"] = closed_summary(r, res)
-            with Window(pids()) as window:
-                out["b_batch"]["router_catch_up_s"] = await catch_up(
-                    control, tg.base, ingest, f"{run_id}-sentinel-b", plan.catchup_s
-                )
-            out["b_batch"]["catch_up_resources"] = window.resources
-            print(f"  router caught up after {out['b_batch']['router_catch_up_s']} s", flush=True)
+            await ingest_run("b_batch", b_target, plan.batch_concurrency, plan.burst_s)
             if plan.wide_batch_concurrency > plan.batch_concurrency:
                 print(
                     f"(b) POST /v1/batch x{plan.batch_size}, closed loop,"
@@ -563,16 +555,7 @@ async def measure(
                 bw_target = loadgen.batch_target(
                     tg.base, ingest.write_key, f"{run_id}-bw", plan.batch_size
                 )
-                r, res = await closed("b_wide", bw_target, plan.wide_batch_concurrency, plan.wide_s)
-                out["b_wide"] = closed_summary(r, res)
-                with Window(pids()) as window:
-                    out["b_wide"]["router_catch_up_s"] = await catch_up(
-                        control, tg.base, ingest, f"{run_id}-sentinel-bw", plan.catchup_s
-                    )
-                out["b_wide"]["catch_up_resources"] = window.resources
-                print(
-                    f"  router caught up after {out['b_wide']['router_catch_up_s']} s", flush=True
-                )
+                await ingest_run("b_wide", bw_target, plan.wide_batch_concurrency, plan.wide_s)
 
         # (c) + (d): end to end at a fixed rate, with reads alongside
         print(f"(c) open loop {plan.rate:g} events/s for {plan.e2e_s:g} s, + (d) reads", flush=True)
