@@ -6,9 +6,9 @@ import base64
 import binascii
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
+from prometheus_client import Counter
 
 from tidegate import telemetry
 from tidegate.admin import check_region
@@ -28,7 +28,7 @@ _encode_entries = msgspec.msgpack.Encoder().encode
 # Kafka's default message size limit whatever the batch.
 RECORD_EVENTS = 100
 RECORD_BYTES = 256 * 1024
-_INGESTED: dict[str, Any] = {}  # the counter's child per kind: labels() looks it up each call
+_INGESTED: dict[str, Counter] = {}  # the counter's child per kind: labels() looks it up each call
 
 
 class Prepared(msgspec.Struct, frozen=True):
@@ -124,9 +124,7 @@ class Ingestor:
     async def accept(self, source: Source, events: Sequence[Prepared]) -> None:
         """Encrypt and append; returns once the log has committed every event."""
         cipher = await self._rt.envelope.cipher(source.tenant_id)
-        records: list[Record] = []
         entries: list[LogEntry] = []
-        entries_bytes = 0
         size = 0
         for event in events:
             event_id = new_event_id()
@@ -142,19 +140,27 @@ class Ingestor:
             )
             body = EventBody(name=event.name, message_id=event.message_id, payload=event.payload)
             ciphertext = cipher.encrypt(_encode_body(body), event_id.encode())
-            if entries and (
-                len(entries) >= RECORD_EVENTS or entries_bytes + len(ciphertext) > RECORD_BYTES
-            ):
-                records.append(Record(source.tenant_id, _encode_entries(entries)))
-                entries, entries_bytes = [], 0
             entries.append(LogEntry(meta=meta, ciphertext=ciphertext))
-            entries_bytes += len(ciphertext)
             size += len(event.payload)
-        if entries:
-            records.append(Record(source.tenant_id, _encode_entries(entries)))
-        await self._rt.log.append(self._rt.topic, records)
+        await self._rt.log.append(self._rt.topic, _records(source.tenant_id, entries))
         self._rt.meter.add(source.tenant_id, Meter.EVENTS_ACCEPTED, len(events))
         kind = events[0].kind
         counter = _INGESTED.get(kind) or _INGESTED.setdefault(kind, telemetry.INGESTED.labels(kind))
         counter.inc(len(events))
         self._rt.meter.add(source.tenant_id, Meter.BYTES_INGESTED, size)
+
+
+def _records(tenant_id: TenantId, entries: list[LogEntry]) -> list[Record]:
+    """The entries in log records of up to RECORD_EVENTS and RECORD_BYTES of ciphertext."""
+    records: list[Record] = []
+    start = size = 0
+    for index, entry in enumerate(entries):
+        if index > start and (
+            index - start >= RECORD_EVENTS or size + len(entry.ciphertext) > RECORD_BYTES
+        ):
+            records.append(Record(tenant_id, _encode_entries(entries[start:index])))
+            start, size = index, 0
+        size += len(entry.ciphertext)
+    if start < len(entries):
+        records.append(Record(tenant_id, _encode_entries(entries[start:])))
+    return records
