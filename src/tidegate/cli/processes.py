@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -53,15 +53,35 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 class ApiProcesses:
-    """Processes 1..N-1 of `serve --processes N`, kept running until `stop()`."""
+    """Processes 1..N-1 of `serve --processes N`, kept running until `stop()`.
 
-    def __init__(self, settings: Settings, port: int) -> None:
+    Each process has a watcher task that starts it and starts it again when it dies;
+    `stop()` ends the watchers before it signals, so a process being started when the
+    stop comes is either signalled with the others or killed before it serves.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        port: int,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "tidegate", "serve"),
+        restart_delay_s: float = _RESTART_DELAY_S,
+        stop_timeout_s: float = _STOP_TIMEOUT_S,
+    ) -> None:
         self._settings = settings
         self._port = port
+        self._command = tuple(command)
+        self._restart_delay_s = restart_delay_s
+        self._stop_timeout_s = stop_timeout_s
         self._lifeline_r, self._lifeline_w = os.pipe()  # closes when this process dies
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
+
+    def pids(self) -> dict[int, int]:
+        """The pid of each api process started last, by process index."""
+        return {index: child.pid for index, child in self._children.items()}
 
     async def start(self) -> None:
         for index in range(1, self._settings.processes):
@@ -79,10 +99,7 @@ class ApiProcesses:
             "TIDEGATE_PORT": str(self._port),
         }
         self._children[index] = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tidegate",
-            "serve",
+            *self._command,
             "--lifeline-fd",
             str(self._lifeline_r),
             env=env,
@@ -98,7 +115,7 @@ class ApiProcesses:
             if self._stopping:
                 return
             log.error("serve.process_exited", process=index, exit_code=code)
-            await asyncio.sleep(_RESTART_DELAY_S)
+            await asyncio.sleep(self._restart_delay_s)
             if self._stopping:
                 return
             await self._spawn(index)
@@ -106,21 +123,25 @@ class ApiProcesses:
     async def stop(self) -> None:
         """SIGTERM each api process; each drains its requests and exits."""
         self._stopping = True
+        # First the watchers: one may be starting a replacement (its process created, not
+        # yet recorded), which the signals below would miss and the waits would then
+        # wait out. Cancelled there, the half-started process is killed by asyncio.
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         for child in self._children.values():
             if child.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     child.send_signal(signal.SIGTERM)
         for index, child in self._children.items():
             try:
-                code = await asyncio.wait_for(child.wait(), _STOP_TIMEOUT_S)
+                code = await asyncio.wait_for(child.wait(), self._stop_timeout_s)
             except TimeoutError:
                 log.error("serve.process_killed", process=index)
                 child.kill()
                 code = await child.wait()
             if code != 0:
                 log.warning("serve.process_stopped", process=index, exit_code=code)
-        for watcher in self._watchers:
-            watcher.cancel()
         os.close(self._lifeline_r)
         os.close(self._lifeline_w)
 
