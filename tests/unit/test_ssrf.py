@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from tidegate.errors import UnsafeUrl
-from tidegate.security.ssrf import GuardedResolver, ParsedTarget, SsrfPolicy, blocked_reason
+from tidegate.security.resolver import GuardedResolver
+from tidegate.security.ssrf import ParsedTarget, SsrfPolicy, blocked_reason
 
 REFUSED_URLS = [
     # schemes

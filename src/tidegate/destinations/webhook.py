@@ -18,7 +18,8 @@ from tidegate.errors import UnsafeUrl
 from tidegate.model import Destination
 from tidegate.pipeline.retry import parse_retry_after
 from tidegate.security import signing
-from tidegate.security.ssrf import GuardedResolver, SsrfPolicy, blocked_reason
+from tidegate.security.resolver import GuardedResolver
+from tidegate.security.ssrf import SsrfPolicy, blocked_reason
 
 USER_AGENT = "Tidegate-Webhooks/0.1"
 

@@ -7,7 +7,8 @@ Two layers, both driven by one `SsrfPolicy`:
   literals in every encoding resolvers accept ("2130706433", "0177.0.0.1", "0x7f.1",
   "127.1", "[::ffff:127.0.0.1]", "[64:ff9b::7f00:1]"...) before checking the address.
   `check_url_resolved` adds a DNS lookup; use it when a destination is created.
-* `GuardedResolver` is the resolver of the delivery client's
+* `GuardedResolver` (in `security/resolver.py`, so that only the deliverers import
+  aiohttp) is the resolver of the delivery client's
   `aiohttp.TCPConnector(resolver=...)`. It checks every address at connect time, so a
   DNS rebinding after creation is caught and connections go only to checked addresses.
   A refusal raises `UnsafeUrl` *as is* out of `session.request()` (aiohttp 3.14 wraps
@@ -29,12 +30,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from urllib.parse import urlsplit
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
-
 from tidegate.errors import UnsafeUrl
 
-__all__ = ["GuardedResolver", "ParsedTarget", "SsrfPolicy", "blocked_reason"]
+__all__ = ["ParsedTarget", "SsrfPolicy", "blocked_reason"]
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -221,31 +219,6 @@ class SsrfPolicy:
             inner = self._blocked_category(tunnelled)
             return kind if inner is None else f"{inner} (embedded IPv4 {tunnelled})"
         return None if ip.is_global else "a non-global address"
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that refuses hosts resolving to any blocked address.
-
-    Use as `TCPConnector(resolver=GuardedResolver(policy))`. A refusal raises
-    `UnsafeUrl` before any connection is made; aiohttp lets it propagate unchanged out
-    of `session.request()`. DNS failures stay `OSError`, which aiohttp turns into
-    `ClientConnectorDNSError`.
-    """
-
-    def __init__(self, policy: SsrfPolicy) -> None:
-        self._policy = policy
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        """Resolve like aiohttp's ThreadedResolver, then check every address."""
-        results = await ThreadedResolver(asyncio.get_running_loop()).resolve(host, port, family)
-        for result in results:
-            self._policy.check_ip(ip_address(result["host"]))
-        return results
-
-    async def close(self) -> None:
-        """Nothing to release."""
 
 
 def blocked_reason(exc: BaseException) -> str | None:
