@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from tidegate import transfers
 from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import Authenticator, Caller
-from tidegate.api.read import Strict, iso
+from tidegate.api.views import Strict, iso
 from tidegate.model import TransferConsent
 from tidegate.runtime import Runtime
 

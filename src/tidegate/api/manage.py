@@ -15,7 +15,7 @@ from starlette.responses import Response
 from tidegate import admin
 from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import Authenticator, Caller
-from tidegate.api.read import DestinationOut, Strict, destination_out, iso
+from tidegate.api.views import DestinationOut, Strict, destination_out, iso
 from tidegate.model import Source
 from tidegate.runtime import Runtime
 

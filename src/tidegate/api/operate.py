@@ -3,56 +3,13 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
 
 from tidegate import admin
 from tidegate.api.audit import AccessAudit
 from tidegate.api.auth import Authenticator, Caller
-from tidegate.api.read import Strict, iso
+from tidegate.api.views import AuditPage, TenantIn, TenantOut, audit_out, iso
 from tidegate.runtime import Runtime
-from tidegate.security.audit import AuditRecord
 from tidegate.security.tokens import Principal
-
-
-class AuditOut(BaseModel):
-    seq: int
-    at: str | None
-    tenant_id: str | None
-    actor: str
-    client_id: str | None
-    source_ip: str | None
-    action: str
-    resource: str | None
-    outcome: str
-    request_id: str | None
-    detail: str | None
-    hash: str
-
-
-class AuditPage(BaseModel):
-    data: list[AuditOut]
-    next_cursor: int | None
-
-
-class TenantIn(Strict):
-    name: str
-    region: str
-
-
-class TenantOut(BaseModel):
-    id: str
-    name: str
-    region: str
-    created_at: str | None
-
-
-def audit_out(r: AuditRecord) -> AuditOut:
-    e = r.entry
-    return AuditOut(
-        seq=r.seq, at=iso(e.at_ms), tenant_id=e.tenant_id, actor=e.actor, client_id=e.client_id,
-        source_ip=e.source_ip, action=e.action, resource=e.resource, outcome=e.outcome,
-        request_id=e.request_id, detail=e.detail, hash=r.hash,
-    )  # fmt: skip
 
 
 def build_operate_router(runtime: Runtime, auth: Authenticator, access: AccessAudit) -> APIRouter:

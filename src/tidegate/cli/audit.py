@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tidegate.api.operate import audit_out
+from tidegate.api.views import audit_out
 from tidegate.cli.common import emit, json_option, run
 from tidegate.runtime import Runtime
 from tidegate.security.audit import VerifyResult, verify

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from tidegate import admin
-from tidegate.api.read import decrypt_event, delivery_out, iso, parse_time
+from tidegate.api.views import decrypt_event, delivery_out, iso, parse_time
 from tidegate.cli.common import emit, json_option, record, run
 from tidegate.errors import NotFound
 from tidegate.ids import now_ms
