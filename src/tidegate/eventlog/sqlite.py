@@ -108,7 +108,10 @@ class SqliteEventLog:
         return dict(sorted(self._files.items()))
 
     def _wakeup(self, topic: str) -> asyncio.Event:
-        return self._wakeups.setdefault(topic, asyncio.Event())
+        event = self._wakeups.get(topic)  # once per append: no Event built to be thrown away
+        if event is None:
+            event = self._wakeups[topic] = asyncio.Event()
+        return event
 
     async def append(self, topic: str, records: Sequence[Record]) -> None:
         if not records:
