@@ -1,0 +1,196 @@
+"""In-process microbenchmarks: CPU time per unit of work, for before/after comparisons.
+
+The end-to-end figures of `bench/run.py` move by 15% or more between runs on a shared
+machine, which hides a change worth 5%. These measure one part at a time in one process,
+as CPU seconds of all its threads per unit of work. Single runs still differ by up to
+20% now and then (the machine is shared); the median of five is steadier:
+
+  api    POST /v1/track straight into the ASGI app (request id, Segment handler,
+         write-key auth, encryption, the SQLite log's group commit), N requests from C
+         concurrent senders, no HTTP: CPU per request.
+  store  what process 0's store writer does end to end: record_routed of a batch of
+         events with one destination each, then record_attempts of their successes,
+         over a store prefilled with P events: CPU per event.
+
+Each runs --repeats times (5) in a fresh temporary data dir; the median is the figure.
+Compare a change against its parent back to back (`git stash`, or a worktree of the
+parent with PYTHONPATH=<worktree>/src).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import run_async
+
+from tidegate import admin
+from tidegate.api.app import build_app
+from tidegate.cli.common import load_settings
+from tidegate.ids import new_attempt_id, new_event_id, now_ms
+from tidegate.model import Attempt, AttemptOutcome, EventMeta
+from tidegate.runtime import open_runtime
+from tidegate.store import AttemptResult, RoutedEvent
+from tidegate.store.sqlite.store import SqliteStore
+
+
+async def api_cpu_per_request(data_dir: Path, requests: int, concurrency: int) -> float:
+    """µs of CPU (all threads) per POST /v1/track, after a warm-up."""
+    runtime = open_runtime(load_settings(data_dir=data_dir, region="eu", roles={"api"}))
+    app = build_app(runtime)
+    tenant = await admin.create_tenant(runtime, "micro", "eu")
+    _source, write_key = await admin.create_source(runtime, tenant.id, "micro")
+    authorization = b"Basic " + base64.b64encode(write_key.encode() + b":")
+    numbers = iter(range(10**12))
+
+    async def one() -> None:
+        i = next(numbers)
+        body = b'{"userId":"u1","event":"Signed Up","messageId":"micro-%d","properties":{"i":%d}}'
+        body %= (i, i)
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/track",
+            "raw_path": b"/v1/track",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"127.0.0.1"),
+                (b"authorization", authorization),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 1),
+            "root_path": "",
+            "state": {},
+        }
+        status: list[int] = []
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(int(message["status"]))  # type: ignore[call-overload]
+
+        await app(scope, receive, send)
+        if status != [200]:
+            raise RuntimeError(f"POST /v1/track answered {status}")
+
+    async def sender(count: int) -> None:
+        for _ in range(count):
+            await one()
+
+    try:
+        await asyncio.gather(*(sender(max(1, 1000 // concurrency)) for _ in range(concurrency)))
+        started = time.process_time()
+        await asyncio.gather(*(sender(requests // concurrency) for _ in range(concurrency)))
+        spent = time.process_time() - started
+    finally:
+        await runtime.aclose()
+    return spent / (requests // concurrency * concurrency) * 1e6
+
+
+async def store_cpu_per_event(data_dir: Path, prefill: int, events: int, batch: int) -> float:
+    """µs of CPU (all threads) per event routed to one destination and delivered once."""
+    store = SqliteStore(data_dir / "store.db")
+    tenant_id, destination_id = "ten_micro", "dst_micro"
+
+    async def round_trip(n: int) -> None:
+        received = now_ms()
+        routed = [
+            RoutedEvent(
+                meta=EventMeta(
+                    id=new_event_id(),
+                    tenant_id=tenant_id,
+                    source_id="src_micro",
+                    kind="segment",
+                    type="track",
+                    received_at_ms=received,
+                    name_index=b"n" * 16,
+                    dedupe_index=os.urandom(16),  # an HMAC: as random as this
+                ),
+                ciphertext=os.urandom(400),
+                destination_ids=(destination_id,),
+            )
+            for _ in range(n)
+        ]
+        created = await store.events.record_routed(
+            routed, now_ms=now_ms(), dedupe_window_ms=86_400_000, lease_ms=60_000
+        )
+        at = now_ms()
+        results = [
+            AttemptResult(
+                attempt=Attempt(
+                    id=new_attempt_id(),
+                    delivery_id=d.id,
+                    tenant_id=d.tenant_id,
+                    started_at_ms=at,
+                    duration_ms=1.0,
+                    outcome=AttemptOutcome.SUCCEEDED,
+                    status_code=200,
+                    error=None,
+                ),
+                delivery_status="succeeded",
+                next_attempt_at_ms=None,
+                last_error=None,
+            )
+            for d in created
+        ]
+        await store.deliveries.record_attempts(results, now_ms=at)
+
+    try:
+        for _ in range(prefill // 1000):
+            await round_trip(1000)
+        started = time.process_time()
+        for _ in range(events // batch):
+            await round_trip(batch)
+        spent = time.process_time() - started
+    finally:
+        await store.aclose()
+    return spent / (events // batch * batch) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=("api", "store"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=20_000, help="api: requests measured")
+    parser.add_argument("--concurrency", type=int, default=32, help="api: concurrent senders")
+    parser.add_argument("--prefill", type=int, default=200_000, help="store: events before")
+    parser.add_argument("--events", type=int, default=40_000, help="store: events measured")
+    parser.add_argument("--batch", type=int, default=150, help="store: events per round trip")
+    args = parser.parse_args()
+    figures = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="tidegate-micro-") as tmp:
+            if args.part == "api":
+                figure = run_async(api_cpu_per_request(Path(tmp), args.requests, args.concurrency))
+                unit = "µs of CPU per request"
+            else:
+                figure = run_async(
+                    store_cpu_per_event(Path(tmp), args.prefill, args.events, args.batch)
+                )
+                unit = "µs of CPU per event"
+        figures.append(figure)
+        print(f"{args.part}: {figure:.1f} {unit}", flush=True)
+    print(
+        f"{args.part}: median {statistics.median(figures):.1f} {unit}"
+        f" (min {min(figures):.1f}, max {max(figures):.1f}, {args.repeats} runs)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
