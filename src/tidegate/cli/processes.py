@@ -125,7 +125,8 @@ class ApiProcesses:
         self._stopping = True
         # First the watchers: one may be starting a replacement (its process created, not
         # yet recorded), which the signals below would miss and the waits would then
-        # wait out. Cancelled there, the half-started process is killed by asyncio.
+        # wait out. Cancelled there, the half-started process is closed by the event loop,
+        # and in any case exits when the lifeline below closes, as every api process does.
         for watcher in self._watchers:
             watcher.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
