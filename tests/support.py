@@ -27,6 +27,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def is_alive(pid: int) -> bool:
+    """Whether process `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
     """Poll `predicate` until it returns something truthy; fail with a clear message."""
     deadline = time.monotonic() + timeout

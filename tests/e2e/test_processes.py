@@ -22,21 +22,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Receiver, TenantHandle, Tidegate, wait_until
+from tests.support import Receiver, TenantHandle, Tidegate, is_alive, wait_until
 
 
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped) counts as gone.
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
 
 
 def _appended(data_dir: Path, name: str) -> int:
@@ -180,13 +171,13 @@ def test_sigterm_stops_them_all_and_a_killed_process_0_takes_the_others_with_it(
     assert tg.proc is not None
     children = wait_until(lambda: c if len(c := _children(tg.proc.pid)) == 2 else None)
     assert tg.stop() == 0
-    wait_until(lambda: not any(_alive(c) for c in children), timeout=10)
+    wait_until(lambda: not any(is_alive(c) for c in children), timeout=10)
 
     tg.start("--processes", "3")
     children = wait_until(lambda: c if len(c := _children(tg.proc.pid)) == 2 else None)
     tg.kill()
     # They notice their lifeline closing, drain and exit.
-    wait_until(lambda: not any(_alive(c) for c in children), timeout=30)
+    wait_until(lambda: not any(is_alive(c) for c in children), timeout=30)
 
 
 def test_process_0_must_be_allowed_the_worker_role(fresh_dir: Path) -> None:

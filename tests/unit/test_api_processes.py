@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support import is_alive
 from tidegate.cli.common import load_settings
 from tidegate.cli.processes import ApiProcesses
 
@@ -24,14 +25,6 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 while True:
     time.sleep(1)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
 
 
 async def test_a_stop_during_a_replacement_stops_every_process_promptly(tmp_path: Path) -> None:
@@ -62,4 +55,4 @@ async def test_a_stop_during_a_replacement_stops_every_process_promptly(tmp_path
         took = time.monotonic() - started
         assert took < 3.0, f"stop took {took:.1f}s: a process went unsignalled"
         for pid in {*first.values(), *keeper.pids().values()}:
-            assert not _alive(pid), pid
+            assert not is_alive(pid), pid
