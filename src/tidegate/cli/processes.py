@@ -57,7 +57,8 @@ class ApiProcesses:
 
     Each process has a watcher task that starts it and starts it again when it dies;
     `stop()` ends the watchers before it signals, so a process being started when the
-    stop comes is either signalled with the others or killed before it serves.
+    stop comes is signalled with the others, or closed by the event loop before it is
+    recorded (and exits with the lifeline in any case).
     """
 
     def __init__(
