@@ -11,6 +11,10 @@ as CPU seconds of all its threads per unit of work. Single runs still differ by 
   store  what process 0's store writer does end to end: record_routed of a batch of
          events with one destination each, then record_attempts of their successes,
          over a store prefilled with P events: CPU per event.
+  deliver  process 0's whole job: N events ingested (in process, as in `api`) to a
+         tenant with one webhook destination, then the worker role (router, dispatcher,
+         store writer, aiohttp) started on them and timed until the webhook receiver
+         (bench/receiver.py, its own process) has every one: CPU per delivered event.
 
 Each runs --repeats times (5) in a fresh temporary data dir; the median is the figure.
 Compare a change against its parent back to back (`git stash`, or a worktree of the
@@ -27,28 +31,43 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import run_async
+from bench.common import free_port, run_async
+from bench.services import receiver as receiver_service
 
 from tidegate import admin
 from tidegate.api.app import build_app
 from tidegate.cli.common import load_settings
 from tidegate.ids import new_attempt_id, new_event_id, now_ms
 from tidegate.model import Attempt, AttemptOutcome, EventMeta
-from tidegate.runtime import open_runtime
+from tidegate.pipeline.runner import Worker
+from tidegate.runtime import Runtime, open_runtime
+from tidegate.settings import Settings
 from tidegate.store import AttemptResult, RoutedEvent
 from tidegate.store.sqlite.store import SqliteStore
+from tidegate.telemetry import configure_logging
 
 
-async def api_cpu_per_request(data_dir: Path, requests: int, concurrency: int) -> float:
-    """µs of CPU (all threads) per POST /v1/track, after a warm-up."""
-    runtime = open_runtime(load_settings(data_dir=data_dir, region="eu", roles={"api"}))
+def _settings(data_dir: Path, role: str) -> Settings:
+    return load_settings(
+        data_dir=data_dir,
+        region="eu",
+        roles={role},
+        ssrf_allow_cidrs="127.0.0.1/32",
+        https_only=False,
+    )
+
+
+async def _poster(runtime: Runtime, tenant_id: str) -> Callable[[], Awaitable[None]]:
+    """A function that POSTs one new track event to /v1/track, straight into the app."""
     app = build_app(runtime)
-    tenant = await admin.create_tenant(runtime, "micro", "eu")
-    _source, write_key = await admin.create_source(runtime, tenant.id, "micro")
+    _source, write_key = await admin.create_source(runtime, tenant_id, "micro")
     authorization = b"Basic " + base64.b64encode(write_key.encode() + b":")
     numbers = iter(range(10**12))
 
@@ -87,6 +106,15 @@ async def api_cpu_per_request(data_dir: Path, requests: int, concurrency: int) -
         await app(scope, receive, send)
         if status != [200]:
             raise RuntimeError(f"POST /v1/track answered {status}")
+
+    return one
+
+
+async def api_cpu_per_request(data_dir: Path, requests: int, concurrency: int) -> float:
+    """µs of CPU (all threads) per POST /v1/track, after a warm-up."""
+    runtime = open_runtime(_settings(data_dir, "api"))
+    tenant = await admin.create_tenant(runtime, "micro", "eu")
+    one = await _poster(runtime, tenant.id)
 
     async def sender(count: int) -> None:
         for _ in range(count):
@@ -162,27 +190,76 @@ async def store_cpu_per_event(data_dir: Path, prefill: int, events: int, batch: 
     return spent / (events // batch * batch) * 1e6
 
 
+async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -> float:
+    """µs of CPU (all threads of this process) per event the worker routes and delivers."""
+    port = free_port()
+    receiver = receiver_service(port, data_dir).start()
+    try:
+        await asyncio.to_thread(receiver.wait_ready)
+        url = f"http://127.0.0.1:{port}/hook"
+        runtime = open_runtime(_settings(data_dir, "api"))
+        try:
+            tenant = await admin.create_tenant(runtime, "micro", "eu")
+            await admin.create_destination(runtime, tenant.id, url=url)
+            one = await _poster(runtime, tenant.id)
+
+            async def sender(count: int) -> None:
+                for _ in range(count):
+                    await one()
+
+            await asyncio.gather(*(sender(events // concurrency) for _ in range(concurrency)))
+        finally:
+            await runtime.aclose()
+        expected = events // concurrency * concurrency
+        runtime = open_runtime(_settings(data_dir, "worker"))
+        worker = Worker(runtime)
+        session = aiohttp.ClientSession()
+        try:
+            started = time.process_time()
+            worker.start()
+            while True:
+                await asyncio.sleep(0.1)
+                async with session.get(receiver.base + "/stats") as response:
+                    delivered = int((await response.json())["unique"])
+                if delivered >= expected:
+                    break
+            spent = time.process_time() - started
+        finally:
+            await session.close()
+            await worker.stop()
+            await runtime.aclose()
+    finally:
+        receiver.stop()
+    return spent / expected * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("api", "store"))
+    parser.add_argument("part", choices=("api", "store", "deliver"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20_000, help="api: requests measured")
     parser.add_argument("--concurrency", type=int, default=32, help="api: concurrent senders")
     parser.add_argument("--prefill", type=int, default=200_000, help="store: events before")
-    parser.add_argument("--events", type=int, default=40_000, help="store: events measured")
+    parser.add_argument(
+        "--events", type=int, default=40_000, help="store, deliver: events measured"
+    )
     parser.add_argument("--batch", type=int, default=150, help="store: events per round trip")
     args = parser.parse_args()
+    configure_logging(level="warning")  # as the end-to-end bench runs the server
     figures = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="tidegate-micro-") as tmp:
             if args.part == "api":
                 figure = run_async(api_cpu_per_request(Path(tmp), args.requests, args.concurrency))
                 unit = "µs of CPU per request"
-            else:
+            elif args.part == "store":
                 figure = run_async(
                     store_cpu_per_event(Path(tmp), args.prefill, args.events, args.batch)
                 )
                 unit = "µs of CPU per event"
+            else:
+                figure = run_async(deliver_cpu_per_event(Path(tmp), args.events, args.concurrency))
+                unit = "µs of CPU per delivered event"
         figures.append(figure)
         print(f"{args.part}: {figure:.1f} {unit}", flush=True)
     print(
