@@ -31,6 +31,7 @@ class WebhookSender:
         connector = aiohttp.TCPConnector(
             limit=limit, limit_per_host=0, resolver=GuardedResolver(policy), ttl_dns_cache=None
         )
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"user-agent": USER_AGENT},
@@ -55,17 +56,21 @@ class WebhookSender:
         headers = signing.headers(secrets, webhook_id, int(time.time()), body)
         headers["content-type"] = content_type
         timeout_s = destination.timeout_s or self._default_timeout_s
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self._session.post(
                 destination.url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                timeout=timeout,
             ) as response:
                 await response.content.readany()  # a taste of the body frees the connection
-                retry_after = parse_retry_after(
-                    response.headers.get("retry-after"), now=datetime.now(UTC)
+                header = response.headers.get("retry-after")
+                retry_after = (
+                    None if header is None else parse_retry_after(header, now=datetime.now(UTC))
                 )
                 return Outcome(
                     status_code=response.status,

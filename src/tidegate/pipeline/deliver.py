@@ -59,6 +59,8 @@ _MAX_LANE_BACKLOG = 10_000
 # is store work taken from delivery.
 _CLAIMABLE_BACKLOG = _MAX_LANE_BACKLOG // 2
 _OUTCOME_LINGER_S = 0.005
+# The attempts counter of each outcome, looked up once rather than per attempt.
+_ATTEMPTS = {outcome: telemetry.ATTEMPTS.labels(outcome.value) for outcome in AttemptOutcome}
 
 
 class _CachedDestination(msgspec.Struct):
@@ -431,7 +433,7 @@ class Dispatcher:
 
     def _meter(self, tenant_id: TenantId, outcome: AttemptOutcome, status: DeliveryStatus) -> None:
         meter = self._rt.meter
-        telemetry.ATTEMPTS.labels(outcome.value).inc()
+        _ATTEMPTS[outcome].inc()
         meter.add(tenant_id, Meter.DELIVERIES_ATTEMPTED)
         if outcome is AttemptOutcome.SUCCEEDED:
             meter.add(tenant_id, Meter.DELIVERIES_SUCCEEDED)
