@@ -31,6 +31,13 @@ _decode_record = msgspec.msgpack.Decoder(list[LogEntry] | LogEntry).decode
 _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 LEASE_FLOOR_MS = 60_000
 ROUTE_EVENTS = 2_000  # events per store transaction, when a batch of records holds more
+# After a batch of fewer records than this, the router pauses before reading the next,
+# so at moderate rates it routes a few milliseconds' worth at a time rather than each
+# request on its own: every batch is a store transaction, an offset commit and their
+# fsyncs. At 1,200 events/s on the benchmark VM: process 0 at 0.51 of a core instead of
+# 0.77-0.82, 620 fsyncs a second instead of 960-1,470, the delivery p99 unchanged.
+_SMALL_BATCH = 50
+_SMALL_BATCH_PAUSE_S = 0.003
 
 
 def lease_ms(delivery_timeout_s: float) -> int:
@@ -51,6 +58,8 @@ class Router:
             async for batch in self._rt.log.consume(self._rt.topic, "router"):
                 await self.route(batch)
                 committer.add(batch)
+                if len(batch.records) < _SMALL_BATCH:
+                    await asyncio.sleep(_SMALL_BATCH_PAUSE_S)
         finally:
             await committer.flush()
 
