@@ -110,20 +110,25 @@ async def _poster(runtime: Runtime, tenant_id: str) -> Callable[[], Awaitable[No
     return one
 
 
+async def _post_all(one: Callable[[], Awaitable[None]], each: int, concurrency: int) -> None:
+    """`concurrency` senders, each posting `each` events one after another."""
+
+    async def sender() -> None:
+        for _ in range(each):
+            await one()
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+
+
 async def api_cpu_per_request(data_dir: Path, requests: int, concurrency: int) -> float:
     """µs of CPU (all threads) per POST /v1/track, after a warm-up."""
     runtime = open_runtime(_settings(data_dir, "api"))
     tenant = await admin.create_tenant(runtime, "micro", "eu")
     one = await _poster(runtime, tenant.id)
-
-    async def sender(count: int) -> None:
-        for _ in range(count):
-            await one()
-
     try:
-        await asyncio.gather(*(sender(max(1, 1000 // concurrency)) for _ in range(concurrency)))
+        await _post_all(one, max(1, 1000 // concurrency), concurrency)
         started = time.process_time()
-        await asyncio.gather(*(sender(requests // concurrency) for _ in range(concurrency)))
+        await _post_all(one, requests // concurrency, concurrency)
         spent = time.process_time() - started
     finally:
         await runtime.aclose()
@@ -202,12 +207,7 @@ async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -
             tenant = await admin.create_tenant(runtime, "micro", "eu")
             await admin.create_destination(runtime, tenant.id, url=url)
             one = await _poster(runtime, tenant.id)
-
-            async def sender(count: int) -> None:
-                for _ in range(count):
-                    await one()
-
-            await asyncio.gather(*(sender(events // concurrency) for _ in range(concurrency)))
+            await _post_all(one, events // concurrency, concurrency)
         finally:
             await runtime.aclose()
         expected = events // concurrency * concurrency

@@ -11,17 +11,14 @@ from __future__ import annotations
 import base64
 import hmac
 from collections.abc import Sequence
-from functools import lru_cache
 
 from tidegate.errors import ValidationFailed
 
 _PREFIX = "whsec_"
 
 
-@lru_cache(maxsize=1024)
 def secret_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_` secret (decoded once per secret: it signs every
-    delivery of its destination)."""
+    """The HMAC key of a `whsec_` secret."""
     if not secret.startswith(_PREFIX):
         raise ValidationFailed("webhook secrets have the form whsec_<base64>")
     try:
