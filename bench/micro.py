@@ -8,6 +8,7 @@ as CPU seconds of all its threads per unit of work. Single runs still differ by 
   api    POST /v1/track straight into the ASGI app (request id, Segment handler,
          write-key auth, encryption, the SQLite log's group commit), N requests from C
          concurrent senders, no HTTP: CPU per request.
+  batch  the same for POST /v1/batch of 100 messages (N/100 requests): CPU per event.
   store  what process 0's store writer does end to end: record_routed of a batch of
          events with one destination each, then record_attempts of their successes,
          over a store prefilled with P events: CPU per event.
@@ -64,22 +65,32 @@ def _settings(data_dir: Path, role: str) -> Settings:
     )
 
 
-async def _poster(runtime: Runtime, tenant_id: str) -> Callable[[], Awaitable[None]]:
-    """A function that POSTs one new track event to /v1/track, straight into the app."""
+async def _poster(
+    runtime: Runtime, tenant_id: str, batch: int = 1
+) -> Callable[[], Awaitable[None]]:
+    """A function that POSTs one new track event to /v1/track, or `batch` > 1 of them to
+    /v1/batch, straight into the app."""
     app = build_app(runtime)
     _source, write_key = await admin.create_source(runtime, tenant_id, "micro")
     authorization = b"Basic " + base64.b64encode(write_key.encode() + b":")
     numbers = iter(range(10**12))
+    path = "/v1/track" if batch == 1 else "/v1/batch"
+    message = (
+        b'{"type":"track","userId":"u%d","event":"Signed Up",'
+        b'"messageId":"micro-%d","properties":{"i":%d}}'
+    )
 
     async def one() -> None:
-        i = next(numbers)
-        body = b'{"userId":"u1","event":"Signed Up","messageId":"micro-%d","properties":{"i":%d}}'
-        body %= (i, i)
+        bodies = []
+        for _ in range(batch):
+            i = next(numbers)
+            bodies.append(message % (i % 1000, i, i))
+        body = bodies[0] if batch == 1 else b'{"batch":[' + b",".join(bodies) + b"]}"
         scope = {
             "type": "http",
             "method": "POST",
-            "path": "/v1/track",
-            "raw_path": b"/v1/track",
+            "path": path,
+            "raw_path": path.encode(),
             "query_string": b"",
             "headers": [
                 (b"host", b"127.0.0.1"),
@@ -105,7 +116,7 @@ async def _poster(runtime: Runtime, tenant_id: str) -> Callable[[], Awaitable[No
 
         await app(scope, receive, send)
         if status != [200]:
-            raise RuntimeError(f"POST /v1/track answered {status}")
+            raise RuntimeError(f"POST {path} answered {status}")
 
     return one
 
@@ -120,11 +131,14 @@ async def _post_all(one: Callable[[], Awaitable[None]], each: int, concurrency: 
     await asyncio.gather(*(sender() for _ in range(concurrency)))
 
 
-async def api_cpu_per_request(data_dir: Path, requests: int, concurrency: int) -> float:
-    """µs of CPU (all threads) per POST /v1/track, after a warm-up."""
+async def api_cpu_per_request(
+    data_dir: Path, requests: int, concurrency: int, batch: int = 1
+) -> float:
+    """µs of CPU (all threads) per POST /v1/track, or per event of POST /v1/batch with
+    `batch` messages, after a warm-up."""
     runtime = open_runtime(_settings(data_dir, "api"))
     tenant = await admin.create_tenant(runtime, "micro", "eu")
-    one = await _poster(runtime, tenant.id)
+    one = await _poster(runtime, tenant.id, batch)
     try:
         await _post_all(one, max(1, 1000 // concurrency), concurrency)
         started = time.process_time()
@@ -132,7 +146,7 @@ async def api_cpu_per_request(data_dir: Path, requests: int, concurrency: int) -
         spent = time.process_time() - started
     finally:
         await runtime.aclose()
-    return spent / (requests // concurrency * concurrency) * 1e6
+    return spent / (requests // concurrency * concurrency * batch) * 1e6
 
 
 async def store_cpu_per_event(data_dir: Path, prefill: int, events: int, batch: int) -> float:
@@ -235,9 +249,11 @@ async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("api", "store", "deliver"))
+    parser.add_argument("part", choices=("api", "batch", "store", "deliver"))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=20_000, help="api: requests measured")
+    parser.add_argument(
+        "--requests", type=int, default=20_000, help="api: requests measured; batch: events"
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="api: concurrent senders")
     parser.add_argument("--prefill", type=int, default=200_000, help="store: events before")
     parser.add_argument(
@@ -252,6 +268,11 @@ def main() -> int:
             if args.part == "api":
                 figure = run_async(api_cpu_per_request(Path(tmp), args.requests, args.concurrency))
                 unit = "µs of CPU per request"
+            elif args.part == "batch":
+                figure = run_async(
+                    api_cpu_per_request(Path(tmp), args.requests // 100, args.concurrency, 100)
+                )
+                unit = "µs of CPU per event (POST /v1/batch of 100)"
             elif args.part == "store":
                 figure = run_async(
                     store_cpu_per_event(Path(tmp), args.prefill, args.events, args.batch)

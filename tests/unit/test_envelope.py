@@ -110,3 +110,38 @@ def test_blind_index_is_hmac_sha256_of_the_derived_key() -> None:
     for value in ("Order Completed", "", "é" * 100, "x" * 5000):
         expected = hmac.new(index_key, value.encode(), hashlib.sha256).digest()[:16]
         assert cipher.index(value) == expected
+
+
+def test_name_index_is_the_index_remembered() -> None:
+    """Event names' indexes are memoised: the same bytes as `index`, first time or not,
+    for short and long names, and the memo stays bounded."""
+    cipher = TenantCipher(TenantId("t"), {1: bytes(range(32))})
+    for value in ("Order Completed", "Order Completed", "", "x" * 5000, "x" * 5000):
+        assert cipher.name_index(value) == cipher.index(value)
+    for i in range(10_000):
+        assert cipher.name_index(f"event {i}") == cipher.index(f"event {i}")
+    assert len(cipher._name_indexes) <= 4096
+
+
+def test_a_forked_child_draws_its_own_nonces() -> None:
+    """A child forked after the parent took nonces from its pool must not hand out the
+    ones the parent still holds: same key, same nonce would break AES-GCM."""
+    cipher = TenantCipher(TenantId("t"), {1: bytes(range(32))})
+    cipher.encrypt(b"x", b"p")  # the pool is filled
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, b"".join(cipher.encrypt(b"x", b"p")[5:17] for _ in range(100)))
+        os._exit(0)
+    os.close(write)
+    child = b""
+    while chunk := os.read(read, 4096):
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = b"".join(cipher.encrypt(b"x", b"p")[5:17] for _ in range(100))
+    assert len(child) == 1200
+    child_nonces = {child[i : i + 12] for i in range(0, 1200, 12)}
+    parent_nonces = {parent[i : i + 12] for i in range(0, 1200, 12)}
+    assert not child_nonces & parent_nonces

@@ -40,18 +40,19 @@ class UsageMeter:
     def __init__(self, store: Store, *, flush_s: float = 1.0) -> None:
         self._store = store
         self._flush_s = flush_s
-        self._counts: Counter[tuple[TenantId, int, str]] = Counter()
+        # Keyed by the Meter member itself: `.value` is an enum property lookup per call.
+        self._counts: Counter[tuple[TenantId, int, Meter]] = Counter()
 
     def add(self, tenant_id: TenantId, meter: Meter, value: int = 1) -> None:
         if value:
             hour = now_ms() // HOUR_MS * HOUR_MS
-            self._counts[(tenant_id, hour, meter.value)] += value
+            self._counts[(tenant_id, hour, meter)] += value
 
     async def flush(self) -> None:
         if not self._counts:
             return
         counts, self._counts = self._counts, Counter()
-        increments = [UsageIncrement(t, h, m, v) for (t, h, m), v in counts.items()]
+        increments = [UsageIncrement(t, h, m.value, v) for (t, h, m), v in counts.items()]
         try:
             await self._store.usage.add_usage(increments)
         except Exception:  # noqa: BLE001 - keep the counts for the next flush

@@ -135,7 +135,7 @@ class Ingestor:
                 kind=event.kind,
                 type=event.type,
                 received_at_ms=event.received_at_ms,
-                name_index=cipher.index(event.name or ""),
+                name_index=cipher.name_index(event.name or ""),
                 dedupe_index=cipher.index(event.dedupe_key),
             )
             body = EventBody(name=event.name, message_id=event.message_id, payload=event.payload)
