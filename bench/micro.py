@@ -11,7 +11,9 @@ as CPU seconds of all its threads per unit of work. Single runs still differ by 
   batch  the same for POST /v1/batch of 100 messages (N/100 requests): CPU per event.
   store  what process 0's store writer does end to end: record_routed of a batch of
          events with one destination each, then record_attempts of their successes,
-         over a store prefilled with P events: CPU per event.
+         over a store prefilled with P events: CPU per event. Batch sizes vary from 1
+         to twice --batch (a statement's shape, and so SQLite's compiled statement,
+         depends on its row count, as with the router's batches).
   deliver  process 0's whole job: N events ingested (in process, as in `api`) to a
          tenant with one webhook destination, then the worker role (router, dispatcher,
          store writer, aiohttp) started on them and timed until the webhook receiver
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import base64
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -200,13 +203,19 @@ async def store_cpu_per_event(data_dir: Path, prefill: int, events: int, batch: 
     try:
         for _ in range(prefill // 1000):
             await round_trip(1000)
+        # Batches of varying size, 1 to 2 x `batch` - 1 (mean `batch`), as the router
+        # reads them: a statement's shape depends on its row count.
+        rng = random.Random(batch)
+        sizes = []
+        while sum(sizes) < events:
+            sizes.append(rng.randint(1, 2 * batch - 1))
         started = time.process_time()
-        for _ in range(events // batch):
-            await round_trip(batch)
+        for size in sizes:
+            await round_trip(size)
         spent = time.process_time() - started
     finally:
         await store.aclose()
-    return spent / (events // batch * batch) * 1e6
+    return spent / sum(sizes) * 1e6
 
 
 async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -> float:

@@ -19,7 +19,7 @@ from tidegate.model import (
 )
 from tidegate.store.base import AttemptResult, DeliveryQuery
 from tidegate.store.rows import DELIVERY_COLUMNS, attempt_row, delivery_row
-from tidegate.store.sqlite.database import placeholders
+from tidegate.store.sqlite.database import placeholders, row_chunks
 
 
 class SqliteDeliveryStore:
@@ -279,10 +279,8 @@ def insert_delivery(c: sqlite3.Connection, d: Delivery, *, lease_until_ms: int |
 def insert_deliveries(
     c: sqlite3.Connection, deliveries: Sequence[Delivery], *, lease_until_ms: int | None
 ) -> None:
-    """Insert new deliveries, a few hundred rows per statement."""
-    per_statement = 300
-    for start in range(0, len(deliveries), per_statement):
-        chunk = deliveries[start : start + per_statement]
+    """Insert new deliveries, up to a few hundred rows per statement."""
+    for chunk in row_chunks(deliveries, 11):
         c.execute(
             "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
             " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import new_delivery_id
 from tidegate.model import Delivery, DeliveryStatus, EventId, TenantId
 from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
 from tidegate.store.rows import EVENT_COLUMNS, event_row
-from tidegate.store.sqlite.database import placeholders
+from tidegate.store.sqlite.database import placeholders, row_chunks
 from tidegate.store.sqlite.deliveries import insert_deliveries
-
-T = TypeVar("T")
 
 
 class SqliteEventStore:
@@ -35,7 +33,7 @@ class SqliteEventStore:
             # this event; within one statement the first event of a key wins (rows are
             # inserted in log order), so a later duplicate in the same batch is dropped.
             claimed: set[str] = set()
-            for chunk in _chunks([e.meta for e in events], 4):
+            for chunk in row_chunks([e.meta for e in events], 4):
                 claimed.update(
                     owner
                     for (owner,) in c.execute(
@@ -68,7 +66,7 @@ class SqliteEventStore:
             # An event id already recorded (the log replayed after a crash) is ignored,
             # and gets no deliveries again.
             inserted: set[str] = set()
-            for part in _chunks(kept, 9):
+            for part in row_chunks(kept, 9):
                 inserted.update(
                     event_id
                     for (event_id,) in c.execute(
@@ -198,14 +196,6 @@ class SqliteEventStore:
 
 # Rows one purge call deletes at most, per table (housekeeping calls again while full).
 _PURGE_BATCH = 10_000
-# Bound parameters per statement, well under SQLite's limit (32,766 since 3.32).
-_MAX_PARAMETERS = 4_000
-
-
-def _chunks(items: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
-    size = max(1, _MAX_PARAMETERS // columns)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _rows(count: int, columns: int) -> str:
