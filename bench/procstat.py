@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
+# Windows shorter than this get no CPU share (see `ProcessCpu.stop`).
+_MIN_WINDOW_S = 0.5
 
 
 def cpu_seconds(pid: int) -> float:
@@ -88,6 +90,12 @@ class ProcessMeter:
     def stop(self, wall: float) -> dict[str, object]:
         elapsed = max(1e-9, wall - self._wall)
         out: dict[str, object] = {}
+
+        def pct(used: float) -> int | None:
+            # CPU time comes in clock ticks (10 ms): over a window this short a share of
+            # a core would be mostly rounding (a 0.01 s window once showed 228%).
+            return round(100 * used / elapsed) if elapsed >= _MIN_WINDOW_S else None
+
         for name, started in self._cpu.items():
             used = 0.0
             for pid, before in started.items():
@@ -96,16 +104,15 @@ class ProcessMeter:
                     used += max(0.0, now - before)
             out[name] = {
                 "cpu_s": round(used, 2),
-                "cpu_pct_of_one_core": round(100 * used / elapsed),
+                "cpu_pct_of_one_core": pct(used),
                 **({"processes": len(started)} if name in self._groups else {}),
             }
         used = cpu_seconds(os.getpid()) - self._self_cpu
-        out["load_generator"] = {
-            "cpu_s": round(used, 2),
-            "cpu_pct_of_one_core": round(100 * used / elapsed),
-        }
+        out["load_generator"] = {"cpu_s": round(used, 2), "cpu_pct_of_one_core": pct(used)}
         machine: dict[str, float] = MachineCpu.read().since(self._machine)
-        ours = sum(float(v["cpu_pct_of_one_core"]) for v in out.values() if isinstance(v, dict))
+        ours = sum(
+            float(v["cpu_pct_of_one_core"] or 0) for v in out.values() if isinstance(v, dict)
+        )
         cores = os.cpu_count() or 1
         # what other processes on this (shared) machine used meanwhile, in % of one core
         machine["others_pct_of_one_core"] = round(max(0.0, machine["busy_pct"] * cores - ours))
