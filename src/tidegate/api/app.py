@@ -101,18 +101,22 @@ class Front:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
-        incoming = ""
+        # One pass over the headers: their size, and the first value of each name, which
+        # the ingest handlers read (Starlette's Headers scans the list on each lookup and
+        # raises and catches a KeyError for an absent name).
         header_bytes = 0
+        first: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             header_bytes += len(name) + len(value)
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")
+            first.setdefault(name, value)
+        incoming = first.get(b"x-request-id", b"").decode("latin-1")
         request_id = (
             incoming
             if 0 < len(incoming) <= 64 and incoming.isprintable()
             else f"{_REQUEST_PREFIX}{next(_request_numbers):x}"
         )
         scope["tidegate.request_id"] = request_id
+        scope["tidegate.headers"] = first
         status = 0
 
         async def send_with_id(message: Message) -> None:

@@ -17,14 +17,25 @@ MAX_DEPTH = 64
 _INT_LIMIT = 2**63
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """The first value of the header `name` (lower case): from the map `Front` builds as
+    it counts the header bytes, or from Starlette's Headers for a request that did not
+    come through it."""
+    found: dict[bytes, bytes] | None = request.scope.get("tidegate.headers")
+    if found is None:
+        return request.headers.get(name.decode("latin-1"))
+    value = found.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
 async def read_body(request: Request, *, limit: int) -> bytes:
     """The request body, decompressed, refusing anything over `limit` bytes.
 
     gzip and deflate are inflated incrementally with a bounded output, so a gzip bomb
     costs at most `limit` bytes of memory before it is refused.
     """
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    declared = request.headers.get("content-length")
+    encoding = (header(request, b"content-encoding") or "identity").strip().lower()
+    declared = header(request, b"content-length")
     if encoding == "identity" and declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
     if encoding in ("gzip", "x-gzip", "deflate"):
@@ -62,7 +73,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
 
 def require_media_type(request: Request, *allowed: str) -> str:
     """The request's media type, or 415 naming what is accepted."""
-    raw = request.headers.get("content-type", "")
+    raw = header(request, b"content-type") or ""
     media = raw.split(";", 1)[0].strip().lower()
     if media not in allowed:
         shown = repr(media) if media else "missing"
