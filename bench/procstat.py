@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
-# Windows shorter than this get no CPU share (see `ProcessCpu.stop`).
+# Windows shorter than this get no CPU share (see `ProcessMeter.stop`).
 _MIN_WINDOW_S = 0.5
 
 

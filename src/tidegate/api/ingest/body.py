@@ -15,6 +15,7 @@ from tidegate.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaTyp
 
 MAX_DEPTH = 64
 _INT_LIMIT = 2**63
+_INT_RANGE = "JSON integer out of range (must fit in 64 bits)"
 
 
 def header(request: Request, name: bytes) -> str | None:
@@ -132,11 +133,11 @@ def check_shape(value: Any, *, ints: bool = True) -> None:
                 if kind is dict or kind is list:
                     below.append(v)
                 elif ints and kind is int and not -_INT_LIMIT <= v < _INT_LIMIT:
-                    raise InvalidRequest("JSON integer out of range (must fit in 64 bits)")
+                    raise InvalidRequest(_INT_RANGE)
         level = below
 
 
 def _check_int(value: Any) -> None:
     # msgspec decodes to exact types: `type(v) is int` leaves out bool.
     if type(value) is int and not -_INT_LIMIT <= value < _INT_LIMIT:
-        raise InvalidRequest("JSON integer out of range (must fit in 64 bits)")
+        raise InvalidRequest(_INT_RANGE)

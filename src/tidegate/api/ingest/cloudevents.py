@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidegate.api.ingest.accept import Ingestor, Prepared
-from tidegate.api.ingest.body import decode_json, read_body, require_media_type
+from tidegate.api.ingest.body import decode_json, header, read_body, require_media_type
 from tidegate.api.ingest.segment import MAX_BATCH_BYTES, MAX_EVENT_BYTES, OK
 from tidegate.errors import InvalidEvent, PayloadTooLarge, TidegateError, Unauthorized
 from tidegate.ids import now_ms
@@ -99,13 +99,13 @@ class CloudEventsEndpoint:
         self._ingestor = ingestor
 
     async def receive(self, request: Request) -> Response:
-        found = await self._ingestor.authenticate_header(request.headers.get("authorization"))
+        found = await self._ingestor.authenticate_header(header(request, b"authorization"))
         if found is None:
             raise Unauthorized(
                 "send the write key as the HTTP Basic username, or a Bearer access token"
             )
         source, _tenant = found
-        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        media = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
         received = now_ms()
         try:
             if media == STRUCTURED:

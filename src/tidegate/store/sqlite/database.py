@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -73,6 +74,13 @@ def row_chunks(items: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
         size = min(cap, 1 << ((count - start).bit_length() - 1))
         yield items[start : start + size]
         start += size
+
+
+@functools.lru_cache(maxsize=64)  # a few shapes per statement, by `row_chunks`
+def row_values(count: int, columns: int) -> str:
+    """The VALUES list of a multi-row statement: `count` rows of `columns` placeholders."""
+    row = f"({placeholders(columns)})"
+    return ",".join([row] * count)
 
 
 def require_tenant(c: sqlite3.Connection, tenant_id: TenantId) -> None:

@@ -19,7 +19,7 @@ from tidegate.model import (
 )
 from tidegate.store.base import AttemptResult, DeliveryQuery
 from tidegate.store.rows import DELIVERY_COLUMNS, attempt_row, delivery_row
-from tidegate.store.sqlite.database import placeholders, row_chunks
+from tidegate.store.sqlite.database import placeholders, row_chunks, row_values
 
 
 class SqliteDeliveryStore:
@@ -284,7 +284,7 @@ def insert_deliveries(
         c.execute(
             "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
             " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
-            " VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            " VALUES " + row_values(len(chunk), 11),
             [
                 v
                 for d in chunk

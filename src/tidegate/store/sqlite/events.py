@@ -11,7 +11,7 @@ from tidegate.ids import new_delivery_id
 from tidegate.model import Delivery, DeliveryStatus, EventId, TenantId
 from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
 from tidegate.store.rows import EVENT_COLUMNS, event_row
-from tidegate.store.sqlite.database import placeholders, row_chunks
+from tidegate.store.sqlite.database import placeholders, row_chunks, row_values
 from tidegate.store.sqlite.deliveries import insert_deliveries
 
 
@@ -38,7 +38,7 @@ class SqliteEventStore:
                     owner
                     for (owner,) in c.execute(
                         "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
-                        f" VALUES {_rows(len(chunk), 4)}"
+                        f" VALUES {row_values(len(chunk), 4)}"
                         " ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
                         " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
                         " WHERE dedupe.expires_at_ms <= ? RETURNING event_id",
@@ -72,7 +72,7 @@ class SqliteEventStore:
                     for (event_id,) in c.execute(
                         "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
                         " name_index, dedupe_index, received_at_ms, ciphertext)"
-                        f" VALUES {_rows(len(part), 9)} RETURNING id",
+                        f" VALUES {row_values(len(part), 9)} RETURNING id",
                         [
                             v
                             for e in part
@@ -196,8 +196,3 @@ class SqliteEventStore:
 
 # Rows one purge call deletes at most, per table (housekeeping calls again while full).
 _PURGE_BATCH = 10_000
-
-
-def _rows(count: int, columns: int) -> str:
-    row = f"({placeholders(columns)})"
-    return ",".join([row] * count)
