@@ -142,6 +142,14 @@ def _res(scenario: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def _generator_pct(scenario: dict[str, Any]) -> int | None:
+    """The load generator's CPU in % of one core: this Python process, plus wrk when
+    wrk sent the load."""
+    shares = [_res(scenario, name).get("cpu_pct_of_one_core") for name in ("load_generator", "wrk")]
+    known = [v for v in shares if v is not None]
+    return sum(known) if known else None
+
+
 def machine_line(machine: dict[str, Any]) -> str:
     total = "?"
     for line in str(machine.get("free_g", "")).splitlines():
@@ -241,6 +249,23 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
                 f" | {_n(a['events_per_s'])} events/s{ratio}"
                 f" | {_lat(a['latency_ms'])} | {_errors(a)} |"
             )
+    wrk_base = s.get("baseline_wrk", {}).get("events_per_s")
+    for key, label in (
+        ("baseline_wrk", "Baseline: minimal ASGI app, under wrk"),
+        ("a_wrk", "(a) `POST /v1/track`, ack, under wrk"),
+    ):
+        if key in s:
+            w = s[key]
+            ratio = (
+                f" = **{w['events_per_s'] / wrk_base:.2f}x** baseline under wrk"
+                if key == "a_wrk" and wrk_base
+                else ""
+            )
+            lines.append(
+                f"| {label} | closed, {w['offered']} | {_n(w['events_per_s'])}"
+                f" {'req' if key == 'baseline_wrk' else 'events'}/s{ratio}"
+                f" | {_lat(w['latency_ms'])} | {_errors(w)} |"
+            )
     for key, senders, seconds in (
         ("b_batch", plan["batch_concurrency"], plan["burst_s"]),
         ("b_wide", plan.get("wide_batch_concurrency"), wide_s),
@@ -277,6 +302,8 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
         if key in s:
             lines += _windowed_rows(label, s[key])
     lines.append("")
+    if "skipped" in s.get("wrk", {}):
+        lines += [f"The baseline and (a) under wrk: not run ({s['wrk']['skipped']}).", ""]
     if "c_e2e" in s:
         c = s["c_e2e"]
         ledger = c["ledger"]
@@ -353,6 +380,7 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
         for k, label in (
             ("a_track", "(a)"),
             ("a_wide", "(a) wide"),
+            ("a_wrk", "(a) under wrk"),
             ("b_batch", "(b)"),
             ("b_wide", "(b) wide"),
         )
@@ -370,6 +398,8 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
         ("a_track", "(a) track", "tidegate"),
         ("a_wide", "(a) track, more senders", "tidegate"),
         ("baseline_after", "Baseline (after)", "baseline"),
+        ("baseline_wrk", "Baseline under wrk", "baseline"),
+        ("a_wrk", "(a) track under wrk", "tidegate"),
         ("b_batch", "(b) batch", "tidegate"),
         ("b_wide", "(b) batch, more senders", "tidegate"),
         ("c_e2e", "(c)+(d) end to end, while sending", "tidegate"),
@@ -424,7 +454,7 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
             + "".join(
                 f" | {_n(_res(sc, name).get('cpu_pct_of_one_core'))}" for name, _label in extra
             )
-            + f" | {_n(_res(sc, 'load_generator').get('cpu_pct_of_one_core'))}"
+            + f" | {_n(_generator_pct(sc))}"
             f" | {_n(_res(sc, 'receiver').get('cpu_pct_of_one_core'))}"
             f" | {_n(_res(sc, 'machine').get('others_pct_of_one_core'))}"
             f" | {_n(_res(sc, 'machine').get('busy_pct'), 1)}"
@@ -432,9 +462,7 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
         )
     lines += [*table, ""]
     bound = [
-        label
-        for key, label, _server in rows
-        if key in s and (_res(s[key], "load_generator").get("cpu_pct_of_one_core") or 0) >= 90
+        label for key, label, _server in rows if key in s and (_generator_pct(s[key]) or 0) >= 90
     ]
     if bound:
         lines += [

@@ -24,6 +24,8 @@ Scenarios:
   baseline  the minimal app, closed loop, same generator as (a); run before and after (a)
   (a)       POST /v1/track, closed loop, N concurrent senders (64), then again with
             --wide-concurrency senders (256): throughput at saturation
+  wrk       the baseline and (a) wide again under wrk, a C load generator, when it is
+            installed (bench/wrk.py; --no-wrk skips it)
   (b)       POST /v1/batch (100 events/request), closed loop, 8 senders, then again with
             --wide-batch-concurrency senders (32)
   (c)       POST /v1/track, open loop at a fixed rate, to a tenant with a webhook
@@ -82,6 +84,7 @@ import loadgen
 import procstat
 import report
 import services
+import wrk
 from common import free_port, loop_name, run_async
 from stats import Bitmap, LogHistogram, summarize_ms
 
@@ -127,6 +130,7 @@ class Plan:
     sample_every_s: float
     max_in_flight: int
     processes: int
+    wrk: bool
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Plan:
@@ -174,6 +178,7 @@ class Plan:
             sample_every_s=10.0,
             max_in_flight=args.max_in_flight,
             processes=args.processes,
+            wrk=not args.no_wrk and wrk.executable() is not None,
         )
 
 
@@ -211,6 +216,50 @@ def ensure_alive(service: services.Service, stage: str) -> None:
 
 async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
     return await asyncio.wait_for(awaitable, timeout=timeout_s)
+
+
+async def wrk_runs(
+    plan: Plan,
+    run_id: str,
+    tg: services.Service,
+    bl: services.Service,
+    ingest: services.Tenant,
+    pids: Callable[[], dict[str, int | Sequence[int]]],
+    control: aiohttp.ClientSession,
+    out: dict[str, Any],
+) -> None:
+    """The baseline (plan.concurrency connections) and (a) (plan.wide_concurrency) under
+    wrk, each as long as its Python-generator twin; then the router's catch-up."""
+    for key, service, auth, connections, seconds in (
+        ("baseline_wrk", bl, loadgen.basic_auth("baseline"), plan.concurrency, plan.burst_s),
+        (
+            "a_wrk",
+            tg,
+            loadgen.basic_auth(ingest.write_key),
+            plan.wide_concurrency,
+            plan.wide_s,
+        ),
+    ):
+        print(f"{key}: wrk, {connections} connections", flush=True)
+        out[key] = await asyncio.to_thread(
+            wrk.closed,
+            service.base + "/v1/track",
+            auth,
+            f"{run_id}-{key}",
+            connections=connections,
+            seconds=seconds,
+            pids=pids,
+        )
+        ensure_alive(service, key)
+        summary = out[key]
+        print(
+            f"  {key}: {summary['events_per_s']:,.0f} events/s,"
+            f" p99 {summary['latency_ms']['p99']} ms, errors {summary['errors']}",
+            flush=True,
+        )
+    out["a_wrk"]["router_catch_up_s"] = await catch_up(
+        control, tg.base, ingest, f"{run_id}-sentinel-a_wrk", plan.catchup_s
+    )
 
 
 def closed_summary(result: loadgen.Result, resources: dict[str, object]) -> dict[str, Any]:
@@ -538,6 +587,12 @@ async def measure(
         print("baseline (minimal ASGI app), after (a)", flush=True)
         r, res = await closed("baseline_after", bl_target, plan.concurrency, plan.burst_s)
         out["baseline_after"] = closed_summary(r, res)
+
+        # the baseline and (a) wide again under wrk (C): is the Python generator the bound?
+        if plan.wrk:
+            await wrk_runs(plan, run_id, tg, bl, ingest, pids, control, out)
+        else:
+            out["wrk"] = {"skipped": "--no-wrk" if wrk.executable() else "wrk is not installed"}
 
         # (b) batched ingest
         if plan.batch:
@@ -1206,6 +1261,9 @@ def main() -> int:
         default=4096,
         help="sustained, steps and soak: requests outstanding at most; one due beyond it is"
         " not sent and counts as an error",
+    )
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="skip the baseline and (a) under wrk (if installed)"
     )
     parser.add_argument("--no-docs", action="store_true", help="do not append to the docs")
     parser.add_argument("--keep-data", action="store_true", help="keep the temp data dir")
