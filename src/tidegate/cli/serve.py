@@ -19,6 +19,7 @@ import uvicorn
 
 from tidegate import admin
 from tidegate.api.app import build_app
+from tidegate.api.protocol import HttpProtocol
 from tidegate.cli.common import load_settings
 from tidegate.cli.processes import (
     ApiProcesses,
@@ -124,7 +125,7 @@ async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
         host=settings.host,
         port=port,
         loop="none",
-        http="httptools",
+        http=HttpProtocol,
         lifespan="on",
         log_config=None,
         access_log=False,
