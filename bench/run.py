@@ -229,7 +229,8 @@ async def wrk_runs(
     out: dict[str, Any],
 ) -> None:
     """The baseline (plan.concurrency connections) and (a) (plan.wide_concurrency) under
-    wrk, each as long as its Python-generator twin; then the router's catch-up."""
+    wrk, each as long as its Python-generator twin; then the router's catch-up. If wrk
+    itself fails, the run says why and goes on without these rows."""
     for key, service, auth, connections, seconds in (
         ("baseline_wrk", bl, loadgen.basic_auth("baseline"), plan.concurrency, plan.burst_s),
         (
@@ -241,15 +242,21 @@ async def wrk_runs(
         ),
     ):
         print(f"{key}: wrk, {connections} connections", flush=True)
-        out[key] = await asyncio.to_thread(
-            wrk.closed,
-            service.base + "/v1/track",
-            auth,
-            f"{run_id}-{key}",
-            connections=connections,
-            seconds=seconds,
-            pids=pids,
-        )
+        try:
+            out[key] = await asyncio.to_thread(
+                wrk.closed,
+                service.base + "/v1/track",
+                auth,
+                f"{run_id}-{key}",
+                connections=connections,
+                seconds=seconds,
+                pids=pids,
+            )
+        except wrk.WrkFailed as exc:
+            ensure_alive(service, key)
+            out["wrk"] = {"skipped": str(exc).splitlines()[0][:300]}
+            print(f"  {key}: {out['wrk']['skipped']}", flush=True)
+            return
         ensure_alive(service, key)
         summary = out[key]
         print(

@@ -74,6 +74,10 @@ end
 """
 
 
+class WrkFailed(RuntimeError):
+    """wrk itself failed (no result, an error exit): the run reports it and goes on."""
+
+
 def executable() -> str | None:
     return shutil.which("wrk")
 
@@ -82,7 +86,7 @@ def parse(stdout: str, connections: int, seconds: float) -> dict[str, Any]:
     """One wrk run's figures, in the shape of run.closed_summary."""
     line = next((x for x in stdout.splitlines() if x.startswith("WRK_RESULT ")), None)
     if line is None:
-        raise RuntimeError(f"wrk printed no result:\n{stdout[-2000:]}")
+        raise WrkFailed(f"wrk printed no result:\n{stdout[-2000:]}")
     raw = json.loads(line.removeprefix("WRK_RESULT "))
     elapsed = raw["duration_us"] / 1e6
     rate = round(raw["ok"] / elapsed, 1) if elapsed else 0.0
@@ -116,7 +120,7 @@ def closed(
     and of wrk itself (as "wrk") is measured over exactly wrk's lifetime."""
     wrk = executable()
     if wrk is None:
-        raise RuntimeError("wrk is not installed")
+        raise WrkFailed("wrk is not installed")
     with tempfile.TemporaryDirectory(prefix="tidegate-wrk-") as tmp:
         script = Path(tmp) / "track.lua"
         script.write_text(_SCRIPT)
@@ -134,7 +138,7 @@ def closed(
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         resources = meter.stop(time.monotonic())
         if proc.wait() != 0:
-            raise RuntimeError(f"wrk exited with {proc.returncode}: {stdout.strip()[-2000:]}")
+            raise WrkFailed(f"wrk exited with {proc.returncode}: {stdout.strip()[-2000:]}")
     summary = parse(stdout, connections, seconds)
     summary["resources"] = resources
     return summary
