@@ -7,8 +7,10 @@ appending to it and no process waits on another's lock. Order is kept per partit
 which is per connection: events sent one after the other on a connection stay in order.
 
 Consumers read every partition file in the directory; they are woken by appends made
-in this process, and notice appends made by other processes (the CLI, the other api
-processes) within `poll_s`, or every few milliseconds while other partitions exist.
+in this process, and by a datagram that other processes (the api processes, the CLI)
+send after their appends commit (`AppendSignal`, eventlog/wake.py). They still look every
+`poll_s`; where this process cannot listen for those datagrams, every few milliseconds
+while other partitions exist.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from tidegate.embedded import EmbeddedDatabase, connect, sqlite_path
 from tidegate.eventlog.base import Batch, LogRecord, Record
+from tidegate.eventlog.wake import AppendSignal
 
 RECORDS = """
 CREATE TABLE IF NOT EXISTS records (
@@ -86,6 +89,9 @@ class SqliteEventLog:
         self._poll_s = poll_s
         self._wakeups: dict[str, asyncio.Event] = {}
         self._closing = asyncio.Event()
+        self._signal = AppendSignal(
+            path.with_name(path.name + ".wake"), interval_s=_CROSS_PROCESS_POLL_S
+        )
 
     @classmethod
     def from_url(cls, url: str, *, partition: int = 0, processes: int = 1) -> SqliteEventLog:
@@ -130,17 +136,21 @@ class SqliteEventLog:
 
         await self._own.write(insert)
         self._wakeup(topic).set()
+        self._signal.signal_soon()
 
     async def consume(
         self, topic: str, group: str, *, max_records: int = 500
     ) -> AsyncIterator[Batch]:
         wakeup = self._wakeup(topic)
+        # before the first read: an append that commits after it sends a datagram
+        signalled = self._signal.listen(self._wake_all)
         positions = await self._main.read(lambda c: _committed(c, group, topic))
         files = self._discover()
         discovered = time.monotonic()
         first = -1  # the partition read first in the last round
         while not self._closing.is_set():
             wakeup.clear()
+            started = time.monotonic()
             # One batch per round from every partition with records, so a consumer with
             # several partitions commits its work once per round, not once per partition.
             # Up to `max_records` in all; the partition read first rotates, so a busy
@@ -163,8 +173,8 @@ class SqliteEventLog:
             if time.monotonic() - discovered > _DISCOVER_S:
                 files = self._discover()
                 discovered = time.monotonic()
-            # Appends by other processes wake no one here: look again soon.
-            timeout = _CROSS_PROCESS_POLL_S if len(files) > 1 else self._poll_s
+            # Without their datagrams, appends by other processes wake no one: look soon.
+            timeout = _CROSS_PROCESS_POLL_S if len(files) > 1 and not signalled else self._poll_s
             waiter = asyncio.ensure_future(wakeup.wait())
             closer = asyncio.ensure_future(self._closing.wait())
             try:
@@ -172,6 +182,12 @@ class SqliteEventLog:
             finally:
                 waiter.cancel()
                 closer.cancel()
+            # Woken by another process's datagram: rounds no closer together than the polls
+            # they replace, so a busy log still gives a few milliseconds of appends a round
+            # (a round, and its commit downstream, per append costs the router more).
+            pause = _CROSS_PROCESS_POLL_S - (time.monotonic() - started)
+            if signalled and len(files) > 1 and pause > 0 and not self._closing.is_set():
+                await asyncio.sleep(pause)
 
     async def commit(self, batch: Batch) -> None:
         latest: dict[int, int] = {}
@@ -216,8 +232,13 @@ class SqliteEventLog:
                 await asyncio.sleep(_TRIM_PAUSE_S)
         return trimmed
 
+    def _wake_all(self) -> None:
+        for event in self._wakeups.values():
+            event.set()
+
     async def aclose(self) -> None:
         self._closing.set()
+        self._signal.close()
         for db in self._files.values():
             await db.aclose()
 
