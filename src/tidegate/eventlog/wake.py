@@ -7,6 +7,8 @@ an idle server several percent of a core. Instead the consumers' process listens
 UNIX datagram socket beside the log (`log.db.wake`). Every other process sends it an
 empty datagram after its appends commit: at once after a quiet spell, and at most one
 every `interval_s` while it appends (the last of a burst is sent within `interval_s`).
+The listener watches the socket only while a consumer waits (`armed`): datagrams sent
+while the consumers are busy queue up and wake them at most once, when they next wait.
 
 Losing a datagram loses no data:
 - the consumers read everything after they start listening;
@@ -24,7 +26,7 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -37,14 +39,14 @@ class AppendSignal:
         self._sender: socket.socket | None = None
         self._pending = False
         self._sent_at = -interval_s
+        self._armed = 0
 
     @property
     def listening(self) -> bool:
         return self._listener is not None
 
-    def listen(self, on_signal: Callable[[], None]) -> bool:
-        """Receive other processes' signals on this event loop; False if this process
-        cannot (then poll). Idempotent."""
+    def listen(self) -> bool:
+        """Bind the socket for this process; False if it cannot (then poll). Idempotent."""
         if self._listener is not None:
             return True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -55,7 +57,6 @@ class AppendSignal:
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE or _answers(self.path):
                     raise  # too long a path, or another live listener: leave it be
-                    raise
                 self.path.unlink(missing_ok=True)  # left by a process that died
                 sock.bind(str(self.path))
             os.chmod(self.path, 0o600)
@@ -63,9 +64,26 @@ class AppendSignal:
             sock.close()
             return False
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), _drain, sock, on_signal)
         self._listener = sock
         return True
+
+    @contextlib.contextmanager
+    def armed(self, on_signal: Callable[[], None]) -> Iterator[None]:
+        """While a consumer waits: `on_signal()` when datagrams have come (those queued
+        since the last wait at once)."""
+        sock, loop = self._listener, self._loop
+        if sock is None or loop is None:
+            yield
+            return
+        self._armed += 1
+        if self._armed == 1:
+            loop.add_reader(sock.fileno(), _drain, sock, on_signal)
+        try:
+            yield
+        finally:
+            self._armed -= 1
+            if self._armed == 0 and self._listener is sock and not loop.is_closed():
+                loop.remove_reader(sock.fileno())
 
     def signal_soon(self) -> None:
         """After an append has committed: wake the listener (see the module doc). A no-op
