@@ -41,10 +41,6 @@ class AppendSignal:
         self._sent_at = -interval_s
         self._armed = 0
 
-    @property
-    def listening(self) -> bool:
-        return self._listener is not None
-
     def listen(self) -> bool:
         """Bind the socket for this process; False if it cannot (then poll). Idempotent."""
         if self._listener is not None:
