@@ -47,7 +47,8 @@ clean:
 ## QUICK=1 runs shorter windows without steps or soak (~2 min).
 ## ENGINE=embedded (default), ENGINE=postgres+kafka, or ENGINE=both (side by side, no soak).
 ## PROCESSES=N runs `tidegate serve --processes N` (default: cores + 1; PROCESSES=1: one process).
-## With wrk on PATH (apt-get install wrk) the baseline and (a) also run under wrk.
+## With wrk on PATH (apt-get install wrk) the baseline and (a) also run under wrk, and
+## with nginx installed too (apt-get install nginx-light), nginx answering by itself.
 ## Appends a section to docs/benchmarks.md and writes bench/results/<timestamp>.json.
 bench: $(VENV)/.test-deps
 	$(BIN)/python bench/run.py --engine $(or $(ENGINE),embedded)$(if $(filter 1,$(QUICK)), --quick)$(if $(filter 0,$(SOAK)), --soak-seconds 0)$(if $(SOAK_RATE), --soak-rate $(SOAK_RATE))$(if $(PROCESSES), --processes $(PROCESSES))

@@ -250,21 +250,24 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
                 f" | {_lat(a['latency_ms'])} | {_errors(a)} |"
             )
     wrk_base = s.get("baseline_wrk", {}).get("events_per_s")
+    nginx = s.get("nginx_wrk", {}).get("events_per_s")
     for key, label in (
+        ("nginx_wrk", "Machine: nginx answering the request itself, under wrk"),
         ("baseline_wrk", "Baseline: minimal ASGI app, under wrk"),
         ("a_wrk", "(a) `POST /v1/track`, ack, under wrk"),
     ):
         if key in s:
             w = s[key]
-            ratio = (
-                f" = **{w['events_per_s'] / wrk_base:.2f}x** baseline under wrk"
-                if key == "a_wrk" and wrk_base
-                else ""
-            )
+            ratios = []
+            if key == "a_wrk" and wrk_base:
+                ratios.append(f"**{w['events_per_s'] / wrk_base:.2f}x** baseline under wrk")
+            if key != "nginx_wrk" and nginx:
+                ratios.append(f"{w['events_per_s'] / nginx:.2f}x nginx")
             lines.append(
                 f"| {label} | closed, {w['offered']} | {_n(w['events_per_s'])}"
-                f" {'req' if key == 'baseline_wrk' else 'events'}/s{ratio}"
-                f" | {_lat(w['latency_ms'])} | {_errors(w)} |"
+                f" {'events' if key == 'a_wrk' else 'req'}/s"
+                + (" = " + ", ".join(ratios) if ratios else "")
+                + f" | {_lat(w['latency_ms'])} | {_errors(w)} |"
             )
     for key, senders, seconds in (
         ("b_batch", plan["batch_concurrency"], plan["burst_s"]),
@@ -304,6 +307,8 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
     lines.append("")
     if "skipped" in s.get("wrk", {}):
         lines += [f"The baseline and (a) under wrk: not run ({s['wrk']['skipped']}).", ""]
+    elif "skipped" in s.get("nginx", {}):
+        lines += [f"nginx under wrk: not run ({s['nginx']['skipped']}).", ""]
     if "c_e2e" in s:
         c = s["c_e2e"]
         ledger = c["ledger"]
@@ -375,6 +380,7 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
                 "",
             ]
     lines += _long_runs(plan, s, base)
+    lines += _targets(plan, s, base)
     catch = [
         f"{label} {s[k].get('router_catch_up_s')} s"
         for k, label in (
@@ -398,6 +404,7 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
         ("a_track", "(a) track", "tidegate"),
         ("a_wide", "(a) track, more senders", "tidegate"),
         ("baseline_after", "Baseline (after)", "baseline"),
+        ("nginx_wrk", "nginx under wrk", "nginx"),
         ("baseline_wrk", "Baseline under wrk", "baseline"),
         ("a_wrk", "(a) track under wrk", "tidegate"),
         ("b_batch", "(b) batch", "tidegate"),
@@ -636,7 +643,6 @@ def _long_runs(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> l
             ]
     if "e_soak" in s:
         lines += _soak(s["e_soak"])
-    lines += _targets(plan, s, base)
     return lines
 
 
@@ -743,23 +749,73 @@ def _yes(value: Any) -> str:
 
 
 def _targets(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> list[str]:
-    """The issue's targets that these runs answer, next to what this run measured."""
-    ceiling = f"baseline {_n(base)} req/s" if base else "baseline not measured"
+    """Every target of the issue that this run answers, next to what it measured, as a
+    ratio to the target and to the machine's ceilings measured in the same run: the
+    minimal ASGI app under the same generator, and nginx under wrk."""
+    nginx = s.get("nginx_wrk", {}).get("events_per_s")
+    wrk_base = s.get("baseline_wrk", {}).get("events_per_s")
+    ceilings = [
+        f"the minimal ASGI app {_n(base)} req/s" if base else "minimal app not measured",
+        *([f"under wrk {_n(wrk_base)} req/s"] if wrk_base else []),
+        *([f"nginx under wrk {_n(nginx)} req/s"] if nginx else []),
+    ]
     lines = [
-        "Targets against this run (the machine's ceiling is the minimal ASGI app under the"
-        f" same generator, {ceiling}):",
+        f"Targets against this run (the machine's ceilings: {', '.join(ceilings)}):",
         "",
-        "| Target | Wanted | Measured in this run | Measured ÷ wanted | ÷ machine ceiling |",
-        "|---|---|---|---:|---:|",
+        "| Target | Wanted | Measured in this run | Measured ÷ wanted | Met? | ÷ machine ceiling |",
+        "|---|---|---|---:|---|---:|",
     ]
 
     def ratio(value: float | None, of: float | None) -> str:
         return f"{value / of:.2f}" if value is not None and of else "n/a"
 
+    def met(value: float | None, wanted: float, *, at_least: bool = True) -> str:
+        if value is None:
+            return "n/a"
+        return "**yes**" if (value >= wanted if at_least else value <= wanted) else "no"
+
+    singles = [
+        (s[key]["events_per_s"], key, label, ceiling)
+        for key, label, ceiling in (
+            ("a_track", f"{plan['concurrency']} senders", base),
+            ("a_wide", f"{plan.get('wide_concurrency')} senders", base),
+            ("a_wrk", f"{plan.get('wide_concurrency')} connections under wrk", wrk_base),
+        )
+        if key in s
+    ]
+    if singles:
+        rate, key, label, ceiling = max(singles, key=lambda x: x[0])
+        others = ", ".join(f"{_n(r)} with {lab}" for r, k, lab, _c in singles if k != key)
+        lines.append(
+            "| Single-event ingest, durable (a) | ≥ 15,000 events/s"
+            f" | {_n(rate)} events/s with {label}, p99 {_n(s[key]['latency_ms'].get('p99'), 1)}"
+            f" ms"
+            + (f" ({others})" if others else "")
+            + f" | {ratio(rate, 15000)} | {met(rate, 15000)}"
+            f" | {ratio(rate, ceiling)} minimal app · {ratio(rate, nginx)} nginx |"
+        )
+    batches = [
+        (s[key], senders)
+        for key, senders in (
+            ("b_batch", plan["batch_concurrency"]),
+            ("b_wide", plan.get("wide_batch_concurrency")),
+        )
+        if key in s
+    ]
+    if batches:
+        b, senders = max(batches, key=lambda x: x[0]["events_per_s"])
+        rate = b["events_per_s"]
+        lines.append(
+            f"| Batched ingest, durable (b), {plan['batch_size']} events per request"
+            f" | ≥ 150,000 events/s | {_n(rate)} events/s ({_n(b['requests_per_s'])} req/s)"
+            f" with {senders} senders | {ratio(rate, 150000)} | {met(rate, 150000)}"
+            f" | req/s {ratio(b['requests_per_s'], base)} minimal app |"
+        )
     if "c_sustained" in s:
         w = s["c_sustained"]
         best = s.get("c_max_kept_up", {}).get("highest_rate_kept_up")
         delivered = w["delivery_rate_while_sending_per_s"]
+        ok = delivered >= 5000 and not w["ledger"]["lost"] and w["verdict"]["kept_up"]
         lines.append(
             "| End to end sustained, one webhook per event | ≥ 5,000 events/s, 0 lost"
             f" | at {_n(w['rate'])}/s offered for {w['duration_s']:g} s: {_n(w['events_per_s'])}"
@@ -767,14 +823,36 @@ def _targets(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> lis
             f" {_n(w['ledger']['errors'])}, lost {_lost(w)}, kept up"
             f" {_yes(w['verdict']['kept_up'])}; highest rate that kept up: {_n(best)}"
             f" | delivered {ratio(delivered, 5000)} · highest kept up {ratio(best, 5000)}"
+            f" | {'**yes**' if ok else 'no'}"
             f" | target {ratio(5000, base)} · delivered {ratio(delivered, base)}"
             f" · highest kept up {ratio(best, base)} |"
+        )
+    if "c_e2e" in s:
+        c = s["c_e2e"]
+        p99 = c["delivery_latency_ms"].get("p99")
+        lost = c["ledger"]["lost"]
+        lines.append(
+            f"| Ingest → delivery p99 at 1,200 events/s (c) | ≤ 50 ms | {_n(p99, 1)} ms at"
+            f" {_n(plan['rate'])}/s offered for {plan['e2e_s']:g} s,"
+            f" {_n(c['ledger']['delivered'])} of {_n(c['ledger']['acknowledged'])} delivered"
+            f" | {ratio(p99, 50)}"
+            f" | {met(p99, 50, at_least=False) if plan['rate'] >= 1200 and not lost else 'no'}"
+            " | n/a |"
+        )
+    if "d_read" in s:
+        p95 = s["d_read"]["latency_ms"].get("p95")
+        lines.append(
+            f"| Read API p95 under that load (d) | ≤ 20 ms | {_n(p95, 1)} ms,"
+            f" {_n(plan['read_rate'], 1)} req/s of `GET /v1/events?limit=20` during (c),"
+            f" errors {_errors(s['d_read'])} | {ratio(p95, 20)} | {met(p95, 20, at_least=False)}"
+            " | n/a |"
         )
     if "e_soak" in s:
         w = s["e_soak"]
         g = w.get("memory", {}).get("tidegate", {})
         peak = g.get("peak_mib")
         peak_mb = None if peak is None else peak * 1.048576
+        ok = bool(g.get("within_250_mb") and g.get("no_growth"))
         lines.append(
             "| Memory per process, 10-minute soak at 5,000 events/s | ≤ 250 MB RSS, no growth"
             f" | soak of {w['duration_s']:g} s at {_n(w['rate'])}/s offered"
@@ -783,12 +861,13 @@ def _targets(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> lis
             f" = {_n(peak_mb, 1)} MB, end - minute 2 {_n(g.get('end_minus_minute_2_mib'), 1)}"
             f" MiB, fit {_n(g.get('slope_mib_per_min'), 2)} MiB/min; no growth"
             f" {_yes(g.get('no_growth'))}"
-            f" | RSS {ratio(peak_mb, 250)} | acked rate {ratio(w['events_per_s'], base)} |"
+            f" | RSS {ratio(peak_mb, 250)} | {'**yes**' if ok else 'no'}"
+            f" | acked rate {ratio(w['events_per_s'], base)} |"
         )
     elif plan.get("soak_s", 0) == 0:
         lines.append(
             "| Memory per process, 10-minute soak at 5,000 events/s | ≤ 250 MB RSS, no growth"
-            " | not measured (soak skipped in this run) | n/a | n/a |"
+            " | not measured (soak skipped in this run) | n/a | n/a | n/a |"
         )
     return [*lines, ""]
 

@@ -25,7 +25,8 @@ Scenarios:
   (a)       POST /v1/track, closed loop, N concurrent senders (64), then again with
             --wide-concurrency senders (256): throughput at saturation
   wrk       the baseline and (a) wide again under wrk, a C load generator, when it is
-            installed (bench/wrk.py; --no-wrk skips it)
+            installed (bench/wrk.py; --no-wrk skips it); first nginx answering the same
+            request itself under wrk, when nginx is installed: HTTP with no application
   (b)       POST /v1/batch (100 events/request), closed loop, 8 senders, then again with
             --wide-batch-concurrency senders (32)
   (c)       POST /v1/track, open loop at a fixed rate, to a tenant with a webhook
@@ -131,6 +132,8 @@ class Plan:
     max_in_flight: int
     processes: int
     wrk: bool
+    # nginx's executable, when it is installed and wrk runs
+    nginx: str | None
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Plan:
@@ -179,6 +182,11 @@ class Plan:
             max_in_flight=args.max_in_flight,
             processes=args.processes,
             wrk=not args.no_wrk and wrk.executable() is not None,
+            nginx=(
+                services.nginx_executable()
+                if not args.no_wrk and wrk.executable() is not None
+                else None
+            ),
         )
 
 
@@ -228,9 +236,36 @@ async def wrk_runs(
     control: aiohttp.ClientSession,
     out: dict[str, Any],
 ) -> None:
-    """The baseline (plan.concurrency connections) and (a) (plan.wide_concurrency) under
-    wrk, each as long as its Python-generator twin; then the router's catch-up. If wrk
-    itself fails, the run says why and goes on without these rows."""
+    """nginx (when installed: the machine's HTTP ceiling), the baseline (plan.concurrency
+    connections) and (a) (plan.wide_concurrency) under wrk, each as long as its
+    Python-generator twin; then the router's catch-up. If wrk itself fails, the run says
+    why and goes on without these rows."""
+    if plan.nginx is None:
+        out["nginx"] = {"skipped": "nginx is not installed"}
+    else:
+        ng = services.nginx(plan.nginx, free_port(), tg.log_path.parent)
+        try:
+            ng.start().wait_ready()
+            print(f"nginx_wrk: wrk, {plan.concurrency} connections", flush=True)
+            out["nginx_wrk"] = await asyncio.to_thread(
+                wrk.closed,
+                ng.base + "/v1/track",
+                loadgen.basic_auth("nginx"),
+                f"{run_id}-nginx",
+                connections=plan.concurrency,
+                seconds=plan.burst_s,
+                pids=lambda: {**pids(), "nginx": (ng.pid, *procstat.children(ng.pid))},
+                # a thread per core, as nginx has a worker per core: one wrk thread is
+                # the bound here (140-160k req/s against 150-235k with two, on 2 cores)
+                threads=os.cpu_count() or 1,
+            )
+            ensure_alive(ng, "nginx_wrk")
+            print(f"  nginx_wrk: {out['nginx_wrk']['events_per_s']:,.0f} req/s", flush=True)
+        except (wrk.WrkFailed, RuntimeError) as exc:
+            out["nginx"] = {"skipped": str(exc).splitlines()[0][:300]}
+            print(f"  nginx_wrk: {out['nginx']['skipped']}", flush=True)
+        finally:
+            ng.stop()
     for key, service, auth, connections, seconds in (
         ("baseline_wrk", bl, loadgen.basic_auth("baseline"), plan.concurrency, plan.burst_s),
         (

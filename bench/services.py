@@ -1,4 +1,5 @@
-"""The processes the benchmark starts: Tidegate, the webhook receiver, the baseline app.
+"""The processes the benchmark starts: Tidegate, the webhook receiver, the baseline app,
+and nginx (when installed) as the machine's HTTP ceiling.
 
 Each runs in its own process on 127.0.0.1 with its output in a log file, and is
 stopped by its own pid (SIGTERM, then SIGKILL after a bounded wait).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +164,63 @@ def baseline(port: int, log_dir: Path, *, workers: int = 1) -> Service:
         dict(os.environ),
         port,
         log_dir / "baseline.log",
+        "/",
+    )
+
+
+# nginx answering the track endpoint's acknowledgement itself: what HTTP on this machine
+# can do with no application behind it. `worker_processes auto` is one per core, nginx's
+# own advice; keepalive_requests is raised so a closed loop keeps its connections.
+_NGINX_CONF = """\
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{{"success":true}}';
+        }}
+    }}
+}}
+"""
+
+
+def nginx_executable() -> str | None:
+    """nginx on PATH, or where Debian and source builds put it (sbin is not on a user's
+    PATH)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def nginx(executable: str, port: int, log_dir: Path) -> Service:
+    """nginx in the foreground with a configuration of its own under `log_dir`."""
+    prefix = log_dir / "nginx"
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(prefix=prefix, port=port))
+    return Service(
+        "nginx",
+        # -e: the error log before the configuration is read (the default path under
+        # /var/log may not be writable)
+        [executable, "-p", str(prefix), "-e", "stderr", "-c", str(conf), "-g", "daemon off;"],
+        dict(os.environ),
+        port,
+        log_dir / "nginx.log",
         "/",
     )
 

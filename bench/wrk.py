@@ -82,7 +82,7 @@ def executable() -> str | None:
     return shutil.which("wrk")
 
 
-def parse(stdout: str, connections: int, seconds: float) -> dict[str, Any]:
+def parse(stdout: str, connections: int, seconds: float, threads: int = THREADS) -> dict[str, Any]:
     """One wrk run's figures, in the shape of run.closed_summary."""
     line = next((x for x in stdout.splitlines() if x.startswith("WRK_RESULT ")), None)
     if line is None:
@@ -94,7 +94,10 @@ def parse(stdout: str, connections: int, seconds: float) -> dict[str, Any]:
     return {
         "mode": "closed",
         "generator": "wrk",
-        "offered": f"{connections} connections, {seconds:g} s (wrk, {THREADS} thread)",
+        "offered": (
+            f"{connections} connections, {seconds:g} s"
+            f" (wrk, {threads} thread{'s' if threads > 1 else ''})"
+        ),
         "elapsed_s": round(elapsed, 2),
         "requests_sent": raw["requests"],
         "requests_ok": raw["ok"],
@@ -115,6 +118,7 @@ def closed(
     connections: int,
     seconds: float,
     pids: Callable[[], Mapping[str, int | Sequence[int]]],
+    threads: int = THREADS,
 ) -> dict[str, Any]:
     """wrk against `url` for `seconds` (blocking: run it in a thread). The CPU of `pids()`
     and of wrk itself (as "wrk") is measured over exactly wrk's lifetime."""
@@ -126,7 +130,7 @@ def closed(
         script.write_text(_SCRIPT)
         argv = [
             wrk,
-            *("-t", str(THREADS), "-c", str(connections), "-d", f"{max(1, round(seconds))}s"),
+            *("-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s"),
             *("--timeout", "10s", "-s", str(script), url, "--", prefix, authorization),
         ]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -139,6 +143,6 @@ def closed(
         resources = meter.stop(time.monotonic())
         if proc.wait() != 0:
             raise WrkFailed(f"wrk exited with {proc.returncode}: {stdout.strip()[-2000:]}")
-    summary = parse(stdout, connections, seconds)
+    summary = parse(stdout, connections, seconds, threads)
     summary["resources"] = resources
     return summary
