@@ -792,7 +792,9 @@ def _targets(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> lis
             f" ms"
             + (f" ({others})" if others else "")
             + f" | {ratio(rate, 15000)} | {met(rate, 15000)}"
-            f" | {ratio(rate, ceiling)} minimal app · {ratio(rate, nginx)} nginx |"
+            f" | {ratio(rate, ceiling)} minimal app"
+            + (f" · {ratio(rate, nginx)} nginx" if nginx else "")
+            + " |"
         )
     batches = [
         (s[key], senders)
@@ -815,7 +817,14 @@ def _targets(plan: dict[str, Any], s: dict[str, Any], base: float | None) -> lis
         w = s["c_sustained"]
         best = s.get("c_max_kept_up", {}).get("highest_rate_kept_up")
         delivered = w["delivery_rate_while_sending_per_s"]
-        ok = delivered >= 5000 and not w["ledger"]["lost"] and w["verdict"]["kept_up"]
+        # kept up at 5,000/s offered: every request acknowledged, delivery at the ack
+        # rate (run.py's verdict), nothing lost
+        ok = (
+            w["rate"] >= 5000
+            and w["verdict"]["kept_up"]
+            and not w["ledger"]["lost"]
+            and not w["ledger"]["errors"]
+        )
         lines.append(
             "| End to end sustained, one webhook per event | ≥ 5,000 events/s, 0 lost"
             f" | at {_n(w['rate'])}/s offered for {w['duration_s']:g} s: {_n(w['events_per_s'])}"
