@@ -175,7 +175,7 @@ _NGINX_CONF = """\
 worker_processes auto;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 1024; }}
 http {{
     access_log off;
     keepalive_requests 100000000;
