@@ -1,21 +1,17 @@
-"""SSRF policy: URL syntax, IP categories, DNS checks and the aiohttp resolver.
+"""SSRF policy: URL syntax, IP categories and DNS checks (the check at connect time is
+tested with the sender, tests/unit/test_webhook_sender.py).
 
 No external DNS: only "localhost" and IP literals are resolved.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-import aiohttp
 import pytest
-from aiohttp import web
 
 from tidegate.errors import UnsafeUrl
-from tidegate.security.resolver import GuardedResolver
-from tidegate.security.ssrf import ParsedTarget, SsrfPolicy, blocked_reason
+from tidegate.security.ssrf import ParsedTarget, SsrfPolicy
 
 REFUSED_URLS = [
     # schemes
@@ -274,107 +270,3 @@ async def test_check_url_resolved() -> None:
     assert target.ip == IPv4Address("93.184.216.34")
     with pytest.raises(UnsafeUrl):
         await policy.check_url_resolved("http://127.1/")
-
-
-def _wrap_unsafe(*, explicit: bool) -> None:
-    try:
-        raise UnsafeUrl("destination resolves to 10.0.0.1, a private address")
-    except UnsafeUrl as inner:
-        if explicit:
-            raise OSError("wrapped") from inner
-        raise RuntimeError("while handling")  # noqa: B904 - implicit __context__ on purpose
-
-
-@pytest.mark.parametrize("explicit", [True, False])
-def test_blocked_reason_walks_the_chain(explicit: bool) -> None:
-    with pytest.raises(Exception) as caught:  # noqa: PT011 - any wrapper
-        _wrap_unsafe(explicit=explicit)
-    assert blocked_reason(caught.value) == "destination resolves to 10.0.0.1, a private address"
-
-
-def test_blocked_reason_without_refusal_and_in_groups() -> None:
-    assert blocked_reason(ValueError("nothing to see")) is None
-    group = ExceptionGroup("many", [ValueError("x"), UnsafeUrl("nope")])
-    assert blocked_reason(group) == "nope"
-
-
-# --- the aiohttp resolver against a real local server ----------------------------------
-
-
-@pytest.fixture
-async def local_server() -> AsyncIterator[tuple[int, list[str]]]:
-    """An aiohttp server on 127.0.0.1 recording every request path it receives."""
-    seen: list[str] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        seen.append(request.path)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield port, seen
-    finally:
-        await runner.cleanup()
-
-
-def guarded_session(policy: SsrfPolicy) -> aiohttp.ClientSession:
-    # IPv4 only: the test server listens on 127.0.0.1, and "localhost" may also map to ::1.
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy), family=socket.AF_INET)
-    return aiohttp.ClientSession(connector=connector, trust_env=False)
-
-
-async def test_guarded_resolver_blocks_before_connecting(
-    local_server: tuple[int, list[str]],
-) -> None:
-    port, seen = local_server
-    async with guarded_session(SsrfPolicy()) as session:
-        with pytest.raises(UnsafeUrl) as caught:
-            await session.post(f"http://localhost:{port}/hook", json={"a": 1})
-    assert type(caught.value) is UnsafeUrl  # not wrapped by aiohttp
-    assert "127.0.0.1, a loopback address" in caught.value.detail
-    assert blocked_reason(caught.value) == caught.value.detail
-    assert seen == []
-
-
-async def test_guarded_resolver_allows_allow_listed_addresses(
-    local_server: tuple[int, list[str]],
-) -> None:
-    port, seen = local_server
-    async with (
-        guarded_session(SsrfPolicy(["127.0.0.0/8"])) as session,
-        session.post(f"http://localhost:{port}/hook", json={"a": 1}) as response,
-    ):
-        assert response.status == 200
-        assert await response.text() == "ok"
-    assert seen == ["/hook"]
-
-
-async def test_guarded_resolver_returns_aiohttp_results() -> None:
-    resolver = GuardedResolver(SsrfPolicy(["127.0.0.0/8"]))
-    results = await resolver.resolve("localhost", 8080, socket.AF_INET)
-    assert results
-    assert all(r["host"].startswith("127.") and r["port"] == 8080 for r in results)
-    assert all(r["hostname"] == "localhost" for r in results)
-    await resolver.close()
-    with pytest.raises(UnsafeUrl):
-        await GuardedResolver(SsrfPolicy()).resolve("localhost", 8080, socket.AF_INET)
-
-
-async def test_ip_literals_bypass_the_resolver_so_check_url_is_needed(
-    local_server: tuple[int, list[str]],
-) -> None:
-    """Documents why deliverers must call check_url: aiohttp never resolves literals."""
-    port, seen = local_server
-    policy = SsrfPolicy()
-    url = f"http://127.0.0.1:{port}/literal"
-    with pytest.raises(UnsafeUrl):
-        policy.check_url(url)
-    async with guarded_session(policy) as session, session.get(url) as response:
-        assert response.status == 200
-    assert seen == ["/literal"]

@@ -7,17 +7,15 @@ Two layers, both driven by one `SsrfPolicy`:
   literals in every encoding resolvers accept ("2130706433", "0177.0.0.1", "0x7f.1",
   "127.1", "[::ffff:127.0.0.1]", "[64:ff9b::7f00:1]"...) before checking the address.
   `check_url_resolved` adds a DNS lookup; use it when a destination is created.
-* `GuardedResolver` (in `security/resolver.py`, so that only the deliverers import
-  aiohttp) is the resolver of the delivery client's
-  `aiohttp.TCPConnector(resolver=...)`. It checks every address at connect time, so a
-  DNS rebinding after creation is caught and connections go only to checked addresses.
-  A refusal raises `UnsafeUrl` *as is* out of `session.request()` (aiohttp 3.14 wraps
-  only `OSError`s from the resolver); `blocked_reason` also finds it when wrapped.
+* At connect time the delivery client (libcurl, `destinations/webhook.py`) checks each
+  address it is about to connect to with `check_ip`, in its open-socket callback, and
+  refuses a blocked one before connecting: a DNS rebinding after creation is caught and
+  connections go only to checked addresses.
 
-aiohttp skips the resolver when the URL host is an IP literal, so a deliverer must call
-`policy.check_url(url)` before every request as well. For the same reason redirects
-must not be followed blindly (use `allow_redirects=False` or re-check each hop), and the
-session must not use environment proxies (`trust_env=False`).
+The open-socket check sees resolved names and literals alike, but a deliverer calls
+`policy.check_url(url)` before every request as well, so an unsafe URL never reaches the
+client. Redirects must not be followed (each hop would need its own check), and proxies
+from the environment must not be used.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ from urllib.parse import urlsplit
 
 from tidegate.errors import UnsafeUrl
 
-__all__ = ["ParsedTarget", "SsrfPolicy", "blocked_reason"]
+__all__ = ["ParsedTarget", "SsrfPolicy"]
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -219,22 +217,6 @@ class SsrfPolicy:
             inner = self._blocked_category(tunnelled)
             return kind if inner is None else f"{inner} (embedded IPv4 {tunnelled})"
         return None if ip.is_global else "a non-global address"
-
-
-def blocked_reason(exc: BaseException) -> str | None:
-    """The `UnsafeUrl` detail behind `exc` (itself, a cause, a context), or None."""
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, UnsafeUrl):
-            return current.detail
-        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
-        if isinstance(current, BaseExceptionGroup):
-            pending += current.exceptions
-    return None
 
 
 def _parse_port(text: str, scheme: str) -> int:

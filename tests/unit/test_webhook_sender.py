@@ -1,0 +1,297 @@
+"""WebhookSender (libcurl on the event loop) against real local HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pycurl
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from standardwebhooks import Webhook
+
+from tidegate.destinations.webhook import WebhookSender, _Transfer
+from tidegate.model import Destination
+from tidegate.security.ssrf import SsrfPolicy
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+LOOPBACK = SsrfPolicy(["127.0.0.0/8"])
+
+
+@dataclass
+class Server:
+    port: int
+    seen: list[web.Request] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    answers: dict[str, web.Response] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    state = Server(port=0)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state.seen.append(request)
+        state.bodies.append(await request.read())
+        if state.delay_s:
+            await asyncio.sleep(state.delay_s)
+        answer = state.answers.get(request.path)
+        return answer if answer is not None else web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.port = runner.addresses[0][1]
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+def destination(url: str, timeout_s: float | None = None) -> Destination:
+    return Destination(
+        id="dst_1",
+        tenant_id="ten_1",
+        name="hook",
+        url=url,
+        secret_ciphertext=b"",
+        timeout_s=timeout_s,
+    )
+
+
+async def send(sender: WebhookSender, url: str, **kw: object) -> object:
+    return await sender.send(
+        destination(url, **kw),  # type: ignore[arg-type]
+        secrets=[SECRET],
+        webhook_id="msg_1",
+        body=b'{"a":1}',
+        content_type="application/json",
+    )
+
+
+async def test_a_signed_post_verifies_with_the_reference_library(server: Server) -> None:
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        outcome = await send(sender, server.url("/hook"))
+        assert outcome.status_code == 204 and outcome.is_success  # type: ignore[attr-defined]
+        again = await send(sender, server.url("/hook"))  # a pooled connection, reused
+        assert again.status_code == 204  # type: ignore[attr-defined]
+    finally:
+        await sender.aclose()
+    request = server.seen[0]
+    assert server.bodies[0] == b'{"a":1}'
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"].startswith("Tidegate-Webhooks/")
+    assert "expect" not in request.headers  # no 100-continue round trip
+    Webhook(SECRET).verify(server.bodies[0], dict(request.headers))
+
+
+async def test_status_retry_after_and_redirects(server: Server) -> None:
+    server.answers["/busy"] = web.Response(status=429, headers={"Retry-After": "7"})
+    server.answers["/moved"] = web.Response(status=302, headers={"Location": "/hook"})
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        busy = await send(sender, server.url("/busy"))
+        moved = await send(sender, server.url("/moved"))
+    finally:
+        await sender.aclose()
+    assert busy.status_code == 429 and busy.retry_after_s == 7.0  # type: ignore[attr-defined]
+    assert busy.error == "HTTP 429"  # type: ignore[attr-defined]
+    assert moved.status_code == 302 and moved.error == "HTTP 302"  # type: ignore[attr-defined]
+    assert [r.path for r in server.seen] == ["/busy", "/moved"]  # the redirect not followed
+
+
+async def test_a_slow_endpoint_times_out(server: Server) -> None:
+    server.delay_s = 2.0
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        outcome = await send(sender, server.url("/slow"), timeout_s=0.3)
+    finally:
+        await sender.aclose()
+    assert outcome.status_code is None  # type: ignore[attr-defined]
+    assert outcome.error == "timed out after 0.3s"  # type: ignore[attr-defined]
+    assert 250 <= outcome.duration_ms < 1500  # type: ignore[attr-defined]
+
+
+async def test_a_refused_connection_is_a_failed_attempt(unused_tcp_port: int) -> None:
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        outcome = await send(sender, f"http://127.0.0.1:{unused_tcp_port}/hook")
+    finally:
+        await sender.aclose()
+    assert outcome.status_code is None and not outcome.blocked  # type: ignore[attr-defined]
+    assert outcome.error.startswith("could not connect")  # type: ignore[attr-defined]
+
+
+async def test_ip_literals_are_refused_before_any_request(server: Server) -> None:
+    sender = WebhookSender(SsrfPolicy(), default_timeout_s=5)
+    try:
+        outcome = await send(sender, server.url("/hook"))
+    finally:
+        await sender.aclose()
+    assert outcome.blocked and "loopback" in outcome.error  # type: ignore[attr-defined]
+    assert server.seen == []
+
+
+def pinned(sender: WebhookSender, policy: SsrfPolicy, entry: str) -> None:
+    """A transfer whose libcurl resolves a name as `entry` says (HOST:PORT:ADDRESS, as
+    `curl --resolve`): a public-looking name with a loopback address, with no DNS."""
+    transfer = _Transfer(policy, [])
+    transfer.curl.setopt(pycurl.RESOLVE, [entry])
+    sender._idle.append(transfer)
+
+
+async def test_a_name_resolving_to_a_blocked_address_is_refused_before_connecting(
+    server: Server,
+) -> None:
+    policy = SsrfPolicy()
+    sender = WebhookSender(policy, default_timeout_s=5)
+    pinned(sender, policy, f"hooks.example.com:{server.port}:127.0.0.1")
+    try:
+        outcome = await send(sender, server.url("/hook", host="hooks.example.com"))
+    finally:
+        await sender.aclose()
+    assert outcome.blocked  # type: ignore[attr-defined]
+    assert "127.0.0.1, a loopback address" in outcome.error  # type: ignore[attr-defined]
+    assert server.seen == []
+
+
+async def test_a_name_resolving_to_an_allow_listed_address_is_delivered(
+    server: Server,
+) -> None:
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    pinned(sender, LOOPBACK, f"hooks.example.com:{server.port}:127.0.0.1")
+    try:
+        outcome = await send(sender, server.url("/named", host="hooks.example.com"))
+    finally:
+        await sender.aclose()
+    assert outcome.status_code == 204  # type: ignore[attr-defined]
+    assert [r.path for r in server.seen] == ["/named"]
+    assert server.seen[0].headers["host"] == f"hooks.example.com:{server.port}"
+
+
+async def test_proxies_from_the_environment_are_not_used(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens on the discard port
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        outcome = await send(sender, server.url("/direct"))
+    finally:
+        await sender.aclose()
+    assert outcome.status_code == 204  # type: ignore[attr-defined]
+
+
+async def test_many_concurrent_attempts_all_complete(server: Server) -> None:
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5, limit=16)
+    try:
+        outcomes = await asyncio.gather(*(send(sender, server.url(f"/c{i}")) for i in range(200)))
+    finally:
+        await sender.aclose()
+    assert all(o.status_code == 204 for o in outcomes)  # type: ignore[attr-defined]
+    assert sorted(r.path for r in server.seen) == sorted(f"/c{i}" for i in range(200))
+
+
+async def test_a_cancelled_attempt_leaves_the_sender_usable(server: Server) -> None:
+    server.delay_s = 1.0
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        task = asyncio.create_task(send(sender, server.url("/slow")))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        server.delay_s = 0.0
+        outcome = await send(sender, server.url("/after"))
+        assert outcome.status_code == 204  # type: ignore[attr-defined]
+    finally:
+        await sender.aclose()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no CA signed, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_https_verifies_the_peer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted: bool
+) -> None:
+    """An endpoint whose certificate no trusted CA signed is a failed attempt, and
+    nothing is sent to it; trusted through the system's CA settings (here
+    SSL_CERT_FILE, which Python's default verify paths read), it is delivered."""
+    cert, key = self_signed(tmp_path)
+    if trusted:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        outcome = await send(sender, f"https://127.0.0.1:{port}/tls")
+    finally:
+        await sender.aclose()
+        await runner.cleanup()
+    if trusted:
+        assert outcome.status_code == 204  # type: ignore[attr-defined]
+        assert seen == ["/tls"]
+    else:
+        assert outcome.status_code is None and not outcome.blocked  # type: ignore[attr-defined]
+        assert outcome.error.startswith("TLS")  # type: ignore[attr-defined]
+        assert seen == []
