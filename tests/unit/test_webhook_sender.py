@@ -295,3 +295,17 @@ async def test_https_verifies_the_peer(
         assert outcome.status_code is None and not outcome.blocked  # type: ignore[attr-defined]
         assert outcome.error.startswith("TLS")  # type: ignore[attr-defined]
         assert seen == []
+
+
+async def test_a_long_answer_is_cut_short_with_its_status_kept(server: Server) -> None:
+    """Nothing reads a webhook's answer: past 64 KiB the transfer ends, the status kept."""
+    server.answers["/long"] = web.Response(status=200, body=b"x" * (8 * 1024 * 1024))
+    server.answers["/short"] = web.Response(status=500, body=b"y" * 1000)
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    try:
+        long = await send(sender, server.url("/long"))
+        short = await send(sender, server.url("/short"))
+    finally:
+        await sender.aclose()
+    assert long.status_code == 200 and long.is_success  # type: ignore[attr-defined]
+    assert short.status_code == 500 and short.error == "HTTP 500"  # type: ignore[attr-defined]

@@ -37,6 +37,9 @@ from tidegate.security.ssrf import SsrfPolicy
 
 USER_AGENT = "Tidegate-Webhooks/0.1"
 _RETRY_AFTER = b"retry-after:"
+# What is read of a response body, which nothing looks at: an endpoint answering with an
+# endless body ends the transfer here, with its status kept, not at the timeout.
+_BODY_KEPT = 64 * 1024
 
 
 def _ca_options() -> list[tuple[int, str]]:
@@ -53,19 +56,20 @@ def _ca_options() -> list[tuple[int, str]]:
 class _Transfer:
     """One reusable easy handle and the attempt it is running."""
 
-    __slots__ = ("blocked", "curl", "future", "retry_after")
+    __slots__ = ("blocked", "body_bytes", "curl", "future", "retry_after")
 
     def __init__(self, policy: SsrfPolicy, ca: list[tuple[int, str]]) -> None:
         self.curl = pycurl.Curl()
         self.future: asyncio.Future[int] | None = None
         self.blocked: str | None = None
         self.retry_after: str | None = None
+        self.body_bytes = 0
         curl = self.curl
         curl.setopt(pycurl.NOSIGNAL, 1)
         curl.setopt(pycurl.PROXY, "")  # "" overrides http_proxy and friends
         curl.setopt(pycurl.FOLLOWLOCATION, 0)
         curl.setopt(pycurl.USERAGENT, USER_AGENT)
-        curl.setopt(pycurl.WRITEFUNCTION, len)  # the body is not kept
+        curl.setopt(pycurl.WRITEFUNCTION, self._body)
         curl.setopt(pycurl.HEADERFUNCTION, self._header)
         for option, value in ca:
             curl.setopt(option, value)
@@ -79,6 +83,12 @@ class _Transfer:
             return socket.socket(address.family, address.socktype, address.protocol)
 
         curl.setopt(pycurl.OPENSOCKETFUNCTION, open_socket)
+
+    def _body(self, data: bytes) -> int | None:
+        """Count the body and drop it; past _BODY_KEPT, stop the transfer (0: an error
+        libcurl reports as a write error, which `send` reads as the status received)."""
+        self.body_bytes += len(data)
+        return 0 if self.body_bytes > _BODY_KEPT else None
 
     def _header(self, line: bytes) -> None:
         if line[:12].lower() == _RETRY_AFTER:
@@ -124,6 +134,7 @@ class WebhookSender:
         timeout_s = destination.timeout_s or self._default_timeout_s
         transfer = self._idle.pop() if self._idle else _Transfer(self._policy, self._ca)
         transfer.blocked = transfer.retry_after = None
+        transfer.body_bytes = 0
         curl = transfer.curl
         curl.setopt(pycurl.URL, destination.url)
         curl.setopt(pycurl.POSTFIELDS, body)
@@ -143,6 +154,8 @@ class WebhookSender:
                 return Outcome(error=transfer.blocked, blocked=True, duration_ms=_ms(started))
             code = int(exc.args[0]) if exc.args else 0
             message = str(exc.args[1]) if len(exc.args) > 1 else ""
+            if code == pycurl.E_WRITE_ERROR and transfer.body_bytes > _BODY_KEPT:
+                return self._answered(transfer, started)  # a long body, cut short
             if code == pycurl.E_OPERATION_TIMEDOUT:
                 error = f"timed out after {timeout_s:g}s"
             else:
@@ -151,7 +164,10 @@ class WebhookSender:
         finally:
             if not self._closed:
                 self._idle.append(transfer)
-        status = curl.getinfo(pycurl.RESPONSE_CODE)
+        return self._answered(transfer, started)
+
+    def _answered(self, transfer: _Transfer, started: float) -> Outcome:
+        status = transfer.curl.getinfo(pycurl.RESPONSE_CODE)
         header = transfer.retry_after
         return Outcome(
             status_code=status,
