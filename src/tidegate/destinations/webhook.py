@@ -76,9 +76,12 @@ class _Transfer:
 
         def open_socket(_purpose: int, address: Any) -> Any:
             try:
-                policy.check_ip(ip_address(address.addr[0]))
+                policy.check_ip(ip_address(str(address.addr[0]).partition("%")[0]))
             except UnsafeUrl as exc:
                 self.blocked = self.blocked or exc.detail
+                return pycurl.SOCKET_BAD
+            except (ValueError, IndexError, TypeError):  # not an IP address: not checked
+                self.blocked = self.blocked or "destination address could not be checked"
                 return pycurl.SOCKET_BAD
             return socket.socket(address.family, address.socktype, address.protocol)
 
