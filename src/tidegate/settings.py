@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         " processes it starts; not for operators).",
     )
     dedupe_window_s: float = Field(default=24 * 3600, gt=0, description="messageId dedupe window.")
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="An idle keep-alive connection is closed after this many seconds: longer"
+        " than a load balancer's idle timeout (AWS ALB: 60 s) and an SDK's pooled connection,"
+        " so the server does not close a connection the client is about to reuse.",
+    )
     delivery_timeout_s: float = Field(default=15.0, gt=0, le=300)
     delivery_concurrency: int = Field(
         default=256, ge=1, description="Deliveries in flight per worker process."

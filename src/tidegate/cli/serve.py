@@ -130,6 +130,7 @@ async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=20,
+        timeout_keep_alive=settings.keep_alive_s,
         server_header=False,
         proxy_headers=False,
     )
