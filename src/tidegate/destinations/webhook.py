@@ -109,7 +109,7 @@ class WebhookSender:
         self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, limit)
         self._multi.setopt(pycurl.M_MAXCONNECTS, limit)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._idle: list[_Transfer] = []
         self._running: dict[pycurl.Curl, _Transfer] = {}
         self._closed = False
@@ -174,7 +174,9 @@ class WebhookSender:
         header = transfer.retry_after
         return Outcome(
             status_code=status,
-            retry_after_s=None if header is None else parse_retry_after(header, now=_now()),
+            retry_after_s=(
+                None if header is None else parse_retry_after(header, now=datetime.now(UTC))
+            ),
             duration_ms=_ms(started),
             error=None if 200 <= status < 300 else f"HTTP {status}",
         )
@@ -205,10 +207,7 @@ class WebhookSender:
         loop = self._loop
         if loop is None or ms < 0:
             return
-        if ms == 0:
-            self._timer = loop.call_soon(self._act, pycurl.SOCKET_TIMEOUT, 0)
-        else:
-            self._timer = loop.call_later(ms / 1000, self._act, pycurl.SOCKET_TIMEOUT, 0)
+        self._timer = loop.call_later(ms / 1000, self._act, pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, events: int) -> None:
         if fd == pycurl.SOCKET_TIMEOUT:
@@ -257,10 +256,6 @@ class WebhookSender:
         self._idle.clear()
         self._multi.close()
         await asyncio.sleep(0)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _ms(started: float) -> float:
