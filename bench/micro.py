@@ -14,6 +14,10 @@ as CPU seconds of all its threads per unit of work. Single runs still differ by 
          over a store prefilled with P events: CPU per event. Batch sizes vary from 1
          to twice --batch (a statement's shape, and so SQLite's compiled statement,
          depends on its row count, as with the router's batches).
+  route  process 0's part of (b): N events ingested (in process, as in `batch`) to a
+         tenant without destinations, then the worker role started on them and timed
+         until the store holds every one (dedupe claim, event row, indexes, offsets):
+         CPU per routed event.
   deliver  process 0's whole job: N events ingested (in process, as in `api`) to a
          tenant with one webhook destination, then the worker role (router, dispatcher,
          store writer, aiohttp) started on them and timed until the webhook receiver
@@ -31,6 +35,7 @@ import asyncio
 import base64
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -218,6 +223,41 @@ async def store_cpu_per_event(data_dir: Path, prefill: int, events: int, batch: 
     return spent / sum(sizes) * 1e6
 
 
+async def route_cpu_per_event(data_dir: Path, events: int, concurrency: int) -> float:
+    """µs of CPU (all threads of this process) per event the worker routes into the store,
+    the events sent in batches of 100 to a tenant without destinations."""
+    runtime = open_runtime(_settings(data_dir, "api"))
+    try:
+        tenant = await admin.create_tenant(runtime, "micro", "eu")
+        one = await _poster(runtime, tenant.id, 100)
+        await _post_all(one, max(1, events // 100 // concurrency), concurrency)
+    finally:
+        await runtime.aclose()
+    expected = max(1, events // 100 // concurrency) * concurrency * 100
+    runtime = open_runtime(_settings(data_dir, "worker"))
+    worker = Worker(runtime)
+    # One record per request, so the router is done when it has committed the last one's
+    # offset (a point lookup; counting the store's rows would cost more than the router).
+    records = expected // 100
+    offsets = sqlite3.connect(f"file:{data_dir / 'log.db'}?mode=ro", uri=True)
+    try:
+        started = time.process_time()
+        worker.start()
+        while True:
+            await asyncio.sleep(0.05)
+            row = offsets.execute(
+                "SELECT committed FROM offsets WHERE grp = 'router' AND part = 0"
+            ).fetchone()
+            if row is not None and row[0] >= records - 1:
+                break
+        spent = time.process_time() - started
+    finally:
+        offsets.close()
+        await worker.stop()
+        await runtime.aclose()
+    return spent / expected * 1e6
+
+
 async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -> float:
     """µs of CPU (all threads of this process) per event the worker routes and delivers."""
     port = free_port()
@@ -258,7 +298,7 @@ async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("api", "batch", "store", "deliver"))
+    parser.add_argument("part", choices=("api", "batch", "store", "route", "deliver"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--requests", type=int, default=20_000, help="api: requests measured; batch: events"
@@ -266,7 +306,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="api: concurrent senders")
     parser.add_argument("--prefill", type=int, default=200_000, help="store: events before")
     parser.add_argument(
-        "--events", type=int, default=40_000, help="store, deliver: events measured"
+        "--events", type=int, default=40_000, help="store, route, deliver: events measured"
     )
     parser.add_argument("--batch", type=int, default=150, help="store: events per round trip")
     args = parser.parse_args()
@@ -287,6 +327,9 @@ def main() -> int:
                     store_cpu_per_event(Path(tmp), args.prefill, args.events, args.batch)
                 )
                 unit = "µs of CPU per event"
+            elif args.part == "route":
+                figure = run_async(route_cpu_per_event(Path(tmp), args.events, args.concurrency))
+                unit = "µs of CPU per routed event"
             else:
                 figure = run_async(deliver_cpu_per_event(Path(tmp), args.events, args.concurrency))
                 unit = "µs of CPU per delivered event"

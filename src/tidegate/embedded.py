@@ -42,8 +42,12 @@ def sqlite_path(url: str, env_var: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, *, page_size: int | None = None) -> sqlite3.Connection:
+    """A connection in WAL mode with synchronous commits. `page_size` applies to a file
+    that is still empty (SQLite fixes it with the first write, and WAL mode is one)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    if page_size is not None:
+        conn.execute(f"PRAGMA page_size={int(page_size)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     # Statement journals (a statement in a group's transaction rewriting pages the
@@ -72,12 +76,24 @@ class _Job:
 class EmbeddedDatabase:
     """A SQLite file with a group-committing writer thread and reader threads."""
 
-    def __init__(self, path: Path, schema: str, *, readers: int = 2) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: str,
+        *,
+        readers: int = 2,
+        page_size: int | None = None,
+        writer_cache_kib: int | None = None,
+    ) -> None:
+        """`page_size`: for a new file. `writer_cache_kib`: the write connection's page
+        cache, instead of SQLite's 2 MiB (a transaction that dirties more pages than its
+        cache holds writes some of them out before its commit, and reads them back)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():  # SQLite gives its -wal and -shm files the same mode
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.path = path
-        bootstrap = connect(path)
+        self._writer_cache_kib = writer_cache_kib
+        bootstrap = connect(path, page_size=page_size)
         try:
             bootstrap.executescript(schema)
         finally:
@@ -134,6 +150,8 @@ class EmbeddedDatabase:
         conn = connect(self.path)
         # Waits for another process's write lock are ours (`_begin`), not SQLite's.
         conn.execute("PRAGMA busy_timeout=0")
+        if self._writer_cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size=-{int(self._writer_cache_kib)}")
         try:
             while True:
                 job = self._jobs.get()

@@ -110,3 +110,29 @@ async def test_a_lock_held_past_the_timeout_fails_the_write(
     finally:
         other.close()
         await db.aclose()
+
+
+async def test_a_page_size_applies_to_a_new_file_and_an_old_file_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    old = tmp_path / "old.db"
+    await EmbeddedDatabase(old, SCHEMA).aclose()  # made with SQLite's default pages
+    for path in (tmp_path / "new.db", old):
+        db = EmbeddedDatabase(path, SCHEMA, page_size=65536)
+        try:
+            await db.write(_insert("k", 1))
+            (size,) = await db.read(lambda c: c.execute("PRAGMA page_size").fetchone())
+            assert size == (65536 if path.name == "new.db" else 4096)
+            assert await db.read(_keys) == ["k"]
+        finally:
+            await db.aclose()
+
+
+async def test_the_writer_cache_is_the_size_asked_for(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA, writer_cache_kib=32 * 1024)
+    try:
+        # read on the writer's own connection, inside one of its transactions
+        assert await db.write(lambda c: c.execute("PRAGMA cache_size").fetchone()[0]) == -32768
+        assert await db.read(lambda c: c.execute("PRAGMA cache_size").fetchone()[0]) == -2000
+    finally:
+        await db.aclose()

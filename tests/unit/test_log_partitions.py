@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tidegate.eventlog import Batch, Record
-from tidegate.eventlog.sqlite import SqliteEventLog, partition_path
+from tidegate.eventlog.sqlite import PAGE_SIZE, SqliteEventLog, partition_path
 
 
 def _values(batch: Batch) -> list[tuple[int, bytes]]:
@@ -167,3 +167,12 @@ async def test_one_batch_holds_every_partition_with_records(tmp_path: Path) -> N
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_new_log_files_have_large_pages(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "log.db", partition=0, processes=2)
+    await log.aclose()
+    for name in ("log.db", "log-1.db"):
+        with closing(sqlite3.connect(tmp_path / name)) as conn:
+            assert conn.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
+    assert PAGE_SIZE == 65536

@@ -43,8 +43,9 @@ def _iso(ms: int) -> str:
     return f"{_iso_second(second)}.{milli:03d}Z"
 
 
-def prepare(message: Any, *, where: str, received_at_ms: int) -> Prepared:
-    """Validate one Segment message and give it a messageId and receivedAt."""
+def prepare(message: Any, *, where: str, received_at_ms: int, received_at: str) -> Prepared:
+    """Validate one Segment message and give it a messageId and receivedAt
+    (`received_at`: `received_at_ms` in ISO 8601, made once for a whole batch)."""
     if not isinstance(message, dict):
         raise InvalidEvent(f"{where}: a message must be a JSON object")
     kind = message.get("type")
@@ -78,7 +79,7 @@ def prepare(message: Any, *, where: str, received_at_ms: int) -> Prepared:
         raise InvalidEvent(f"{where}: messageId is longer than {MAX_MESSAGE_ID} characters")
     message.pop("writeKey", None)
     message["messageId"] = message_id
-    message["receivedAt"] = _iso(received_at_ms)
+    message["receivedAt"] = received_at
     payload = _encode(message)
     if len(payload) > MAX_EVENT_BYTES:
         raise PayloadTooLarge(
@@ -145,7 +146,11 @@ class SegmentEndpoints:
                 if body.get("type", kind) != kind:
                     raise InvalidEvent(f"type {body.get('type')!r} sent to /v1/{kind}")
                 body["type"] = kind
-                events = [prepare(body, where="message", received_at_ms=received)]
+                events = [
+                    prepare(
+                        body, where="message", received_at_ms=received, received_at=_iso(received)
+                    )
+                ]
             else:
                 events = self._prepare_batch(body, received)
         except TidegateError:
@@ -162,11 +167,19 @@ class SegmentEndpoints:
             raise PayloadTooLarge(f"batch has over {MAX_BATCH_EVENTS} messages")
         shared = {k: body[k] for k in ("context", "integrations") if isinstance(body.get(k), dict)}
         prepared = []
+        received_at = _iso(received)
         for index, message in enumerate(messages):
             if isinstance(message, dict):
                 for key, value in shared.items():
                     message.setdefault(key, value)
-            prepared.append(prepare(message, where=f"batch[{index}]", received_at_ms=received))
+            prepared.append(
+                prepare(
+                    message,
+                    where=f"batch[{index}]",
+                    received_at_ms=received,
+                    received_at=received_at,
+                )
+            )
         return prepared
 
 
