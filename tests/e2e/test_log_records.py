@@ -1,5 +1,5 @@
-"""One log record per request (up to 100 events and 256 KB), and records written before
-that (one bare event each) still route."""
+"""One log record per request (up to 100 events and 256 KB), and records of the formats
+before (an array of LogEntry maps; one bare LogEntry) still route."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import requests
 
 from tests.support import Receiver, TenantHandle, Tidegate, wait_until
@@ -18,8 +19,9 @@ from tidegate.api.ingest.accept import RECORD_BYTES, RECORD_EVENTS
 from tidegate.cli.common import load_settings
 from tidegate.eventlog import Record
 from tidegate.ids import new_event_id, now_ms
-from tidegate.model import EventBody, EventMeta, LogEntry, SourceId, TenantId
+from tidegate.model import EventBody, EventMeta, LogEntry, SourceId, TenantId, decode_record
 from tidegate.runtime import open_runtime
+from tidegate.security.envelope import TenantCipher
 
 
 def _newest(tg: Tidegate) -> tuple[int, list[Any]]:
@@ -28,9 +30,16 @@ def _newest(tg: Tidegate) -> tuple[int, list[Any]]:
         position, value = c.execute(
             "SELECT pos, value FROM records ORDER BY pos DESC LIMIT 1"
         ).fetchone()
-    entries: list[Any] = msgspec.msgpack.decode(value)
+    entries = decode_record(value)
     assert len(value) <= RECORD_BYTES + 64 * 1024  # ciphertext + metadata
+    # what the events share is said once, not per event
+    assert msgspec.msgpack.decode(value)[:4] == [2, *_shared(entries)]
     return int(position), entries
+
+
+def _shared(entries: list[LogEntry]) -> list[str]:
+    (shared,) = {(e.meta.tenant_id, e.meta.source_id, e.meta.kind) for e in entries}
+    return list(shared)
 
 
 def _batch(t: TenantHandle, messages: list[dict[str, Any]]) -> None:
@@ -75,43 +84,54 @@ def test_a_batch_is_a_few_records_and_every_event_is_delivered_once(
         assert tg.stop() == 0
 
 
-def test_a_record_of_one_bare_entry_still_routes(fresh_dir: Path, receiver: Receiver) -> None:
-    """The format before batching: a record's value is one LogEntry, not an array."""
+@pytest.mark.parametrize("bare", [True, False], ids=["one-bare-entry", "array-of-entries"])
+def test_records_of_the_earlier_formats_still_route(
+    fresh_dir: Path, receiver: Receiver, bare: bool
+) -> None:
+    """Before batching, a record's value was one LogEntry; before RequestRecord, an array
+    of LogEntry maps, each with every field of its meta."""
     tg = Tidegate(fresh_dir).start()
     try:
         t = tg.tenant()
         path = f"/{uuid.uuid4().hex}"
         t.destination(receiver.on(path, 200))
-        asyncio.run(_append_bare_entry(fresh_dir, TenantId(t.id)))
-        wait_until(lambda: len(receiver.at(path)) == 1, timeout=30)
-        assert receiver.at(path)[0].json()["messageId"] == "bare-1"
+        ids = ["old-1"] if bare else ["old-1", "old-2", "old-3"]
+        asyncio.run(_append_older(fresh_dir, TenantId(t.id), ids, bare=bare))
+        wait_until(lambda: len(receiver.at(path)) == len(ids), timeout=30)
+        assert sorted(r.json()["messageId"] for r in receiver.at(path)) == ids
         events = t.get("/v1/events").json()["data"]
-        assert [e["message_id"] for e in events] == ["bare-1"]
+        assert sorted(e["message_id"] for e in events) == ids
     finally:
         assert tg.stop() == 0
 
 
-async def _append_bare_entry(data_dir: Path, tenant_id: TenantId) -> None:
-    """What an api process wrote before batching, appended as the CLI appends (partition 0)."""
+async def _append_older(data_dir: Path, tenant_id: TenantId, ids: list[str], *, bare: bool) -> None:
+    """Records as an api process wrote them before, appended as the CLI appends
+    (partition 0)."""
     runtime = open_runtime(load_settings(data_dir=data_dir, region="eu"))
     try:
         cipher = await runtime.envelope.cipher(tenant_id)
-        event_id = new_event_id()
-        payload = msgspec.json.encode(
-            {"type": "track", "userId": "u", "event": "Bare", "messageId": "bare-1"}
-        )
-        meta = EventMeta(
-            id=event_id,
-            tenant_id=tenant_id,
-            source_id=SourceId("src_before_batching"),
-            kind="segment",
-            type="track",
-            received_at_ms=now_ms(),
-            name_index=cipher.index("Bare"),
-            dedupe_index=cipher.index("bare-1"),
-        )
-        body = msgspec.msgpack.encode(EventBody(name="Bare", message_id="bare-1", payload=payload))
-        entry = LogEntry(meta=meta, ciphertext=cipher.encrypt(body, event_id.encode()))
-        await runtime.log.append(runtime.topic, [Record(tenant_id, msgspec.msgpack.encode(entry))])
+        entries = [_older_entry(cipher, tenant_id, message_id) for message_id in ids]
+        value = msgspec.msgpack.encode(entries[0] if bare else entries)
+        await runtime.log.append(runtime.topic, [Record(tenant_id, value)])
     finally:
         await runtime.aclose()
+
+
+def _older_entry(cipher: TenantCipher, tenant_id: TenantId, message_id: str) -> LogEntry:
+    event_id = new_event_id()
+    payload = msgspec.json.encode(
+        {"type": "track", "userId": "u", "event": "Old", "messageId": message_id}
+    )
+    meta = EventMeta(
+        id=event_id,
+        tenant_id=tenant_id,
+        source_id=SourceId("src_before_request_records"),
+        kind="segment",
+        type="track",
+        received_at_ms=now_ms(),
+        name_index=cipher.index("Old"),
+        dedupe_index=cipher.index(message_id),
+    )
+    body = msgspec.msgpack.encode(EventBody(name="Old", message_id=message_id, payload=payload))
+    return LogEntry(meta=meta, ciphertext=cipher.encrypt(body, event_id.encode()))

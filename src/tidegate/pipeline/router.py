@@ -19,15 +19,13 @@ import structlog
 from tidegate.errors import BackendUnavailable, DecryptionFailed, ValidationFailed
 from tidegate.eventlog import Batch, EventLog, LogRecord
 from tidegate.ids import now_ms
-from tidegate.model import Destination, EventBody, EventId, LogEntry, TenantId
+from tidegate.model import Destination, EventBody, EventId, LogEntry, TenantId, decode_record
 from tidegate.pipeline.deliver import Dispatcher, Loaded
 from tidegate.pipeline.transform import Filter
 from tidegate.runtime import Runtime
 from tidegate.store import RoutedEvent
 
 log = structlog.get_logger(__name__)
-# A record's value: an array of entries, or one bare entry (written before batching).
-_decode_record = msgspec.msgpack.Decoder(list[LogEntry] | LogEntry).decode
 _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 LEASE_FLOOR_MS = 60_000
 ROUTE_EVENTS = 2_000  # events per store transaction, when a batch of records holds more
@@ -71,14 +69,10 @@ class Router:
         entries: list[LogEntry] = []
         for record in batch.records:
             try:
-                value = _decode_record(record.value)
+                entries += decode_record(record.value)
             except msgspec.DecodeError:
                 log.error("router.undecodable_record", offset=record.offset)
                 continue
-            if isinstance(value, LogEntry):
-                entries.append(value)
-            else:
-                entries += value
         for start in range(0, len(entries), ROUTE_EVENTS):
             await self._route(entries[start : start + ROUTE_EVENTS])
 

@@ -17,12 +17,20 @@ from tidegate.errors import Forbidden, Unauthorized
 from tidegate.eventlog import Record
 from tidegate.ids import credential_hash, credential_region, new_event_id
 from tidegate.metering import Meter
-from tidegate.model import EventBody, EventMeta, LogEntry, Source, SourceId, Tenant, TenantId
+from tidegate.model import (
+    EventBody,
+    RecordEvent,
+    RequestRecord,
+    Source,
+    SourceId,
+    Tenant,
+    TenantId,
+)
 from tidegate.runtime import Runtime
 
 _CACHE_TTL_S = 10.0
 _encode_body = msgspec.msgpack.Encoder().encode
-_encode_entries = msgspec.msgpack.Encoder().encode
+_encode_record = msgspec.msgpack.Encoder().encode
 # A log record holds up to this many of a request's events and bytes of their ciphertext:
 # one row (or Kafka message) per request where there was one per event, well under
 # Kafka's default message size limit whatever the batch.
@@ -124,43 +132,47 @@ class Ingestor:
     async def accept(self, source: Source, events: Sequence[Prepared]) -> None:
         """Encrypt and append; returns once the log has committed every event."""
         cipher = await self._rt.envelope.cipher(source.tenant_id)
-        entries: list[LogEntry] = []
+        encrypt, index, name_index = cipher.encrypt, cipher.index, cipher.name_index
+        sealed: list[RecordEvent] = []
         size = 0
         for event in events:
             event_id = new_event_id()
-            meta = EventMeta(
-                id=event_id,
-                tenant_id=source.tenant_id,
-                source_id=source.id,
-                kind=event.kind,
-                type=event.type,
-                received_at_ms=event.received_at_ms,
-                name_index=cipher.name_index(event.name or ""),
-                dedupe_index=cipher.index(event.dedupe_key),
-            )
             body = EventBody(name=event.name, message_id=event.message_id, payload=event.payload)
-            ciphertext = cipher.encrypt(_encode_body(body), event_id.encode())
-            entries.append(LogEntry(meta=meta, ciphertext=ciphertext))
+            sealed.append(
+                RecordEvent(
+                    event_id,
+                    event.type,
+                    event.received_at_ms,
+                    name_index(event.name or ""),
+                    index(event.dedupe_key),
+                    encrypt(_encode_body(body), event_id.encode()),
+                )
+            )
             size += len(event.payload)
-        await self._rt.log.append(self._rt.topic, _records(source.tenant_id, entries))
+        kind = events[0].kind  # one endpoint, one kind
+        await self._rt.log.append(self._rt.topic, _records(source, kind, sealed))
         self._rt.meter.add(source.tenant_id, Meter.EVENTS_ACCEPTED, len(events))
-        kind = events[0].kind
         counter = _INGESTED.get(kind) or _INGESTED.setdefault(kind, telemetry.INGESTED.labels(kind))
         counter.inc(len(events))
         self._rt.meter.add(source.tenant_id, Meter.BYTES_INGESTED, size)
 
 
-def _records(tenant_id: TenantId, entries: list[LogEntry]) -> list[Record]:
-    """The entries in log records of up to RECORD_EVENTS and RECORD_BYTES of ciphertext."""
+def _records(source: Source, kind: str, events: list[RecordEvent]) -> list[Record]:
+    """The events in log records of up to RECORD_EVENTS and RECORD_BYTES of ciphertext."""
     records: list[Record] = []
+
+    def seal(part: list[RecordEvent]) -> None:
+        value = _encode_record(RequestRecord(source.tenant_id, source.id, kind, part))
+        records.append(Record(source.tenant_id, value))
+
     start = size = 0
-    for index, entry in enumerate(entries):
-        if index > start and (
-            index - start >= RECORD_EVENTS or size + len(entry.ciphertext) > RECORD_BYTES
+    for position, event in enumerate(events):
+        if position > start and (
+            position - start >= RECORD_EVENTS or size + len(event.ciphertext) > RECORD_BYTES
         ):
-            records.append(Record(tenant_id, _encode_entries(entries[start:index])))
-            start, size = index, 0
-        size += len(entry.ciphertext)
-    if start < len(entries):
-        records.append(Record(tenant_id, _encode_entries(entries[start:])))
+            seal(events[start:position])
+            start, size = position, 0
+        size += len(event.ciphertext)
+    if start < len(events):
+        seal(events[start:])
     return records
