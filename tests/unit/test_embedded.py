@@ -118,11 +118,11 @@ async def test_a_page_size_applies_to_a_new_file_and_an_old_file_keeps_its_own(
     old = tmp_path / "old.db"
     await EmbeddedDatabase(old, SCHEMA).aclose()  # made with SQLite's default pages
     for path in (tmp_path / "new.db", old):
-        db = EmbeddedDatabase(path, SCHEMA, page_size=65536)
+        db = EmbeddedDatabase(path, SCHEMA, page_size=32768)
         try:
             await db.write(_insert("k", 1))
             (size,) = await db.read(lambda c: c.execute("PRAGMA page_size").fetchone())
-            assert size == (65536 if path.name == "new.db" else 4096)
+            assert size == (32768 if path.name == "new.db" else 4096)
             assert await db.read(_keys) == ["k"]
         finally:
             await db.aclose()

@@ -175,4 +175,4 @@ async def test_new_log_files_have_large_pages(tmp_path: Path) -> None:
     for name in ("log.db", "log-1.db"):
         with closing(sqlite3.connect(tmp_path / name)) as conn:
             assert conn.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
-    assert PAGE_SIZE == 65536
+    assert PAGE_SIZE == 32768

@@ -58,13 +58,15 @@ COMMIT;
 """
 
 
-# Pages of 64 KiB for new log files, where SQLite's default is 4 KiB: a record holds up
-# to a request's events (about 40 KiB for a batch of 100), which on 4 KiB pages is a
-# chain of overflow pages, each written to the WAL, copied by the checkpoint and read
-# back to be freed by the trim, a system call apiece. With 64 KiB pages a record is
-# mostly one cell: a fifth of the writes and reads (strace of an api process's log
-# writer during (b)). A file keeps the page size it was made with.
-PAGE_SIZE = 64 * 1024
+# Pages of 32 KiB for new log files, where SQLite's default is 4 KiB. A record holds up
+# to a request's events (about 31 KB for a batch of 100): on 4 KiB pages a chain of
+# overflow pages, each written to the WAL, copied by the checkpoint and read back to be
+# freed by the trim, a system call apiece; on 32 KiB pages mostly one cell. 64 KiB pages
+# did worse than 32: each commit rewrites the last, part-filled page, and half as big a
+# page is half as much of that. (b) with the driver of the benchmarks' seventh session:
+# an api process's log writer at 0.5 µs of CPU per event against 0.6-0.9 with 4 KiB or
+# 64 KiB pages. A file keeps the page size it was made with.
+PAGE_SIZE = 32 * 1024
 
 
 def partition_path(main: Path, partition: int) -> Path:
