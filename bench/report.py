@@ -64,9 +64,12 @@ API keys and the destination are created with the `tidegate` CLI.
   the store, and a larger store slows the end-to-end scenarios after them. Latency is
   per request (100 events).
 - (a) and (b) use a tenant with no destination, so they measure ingest (and the router
-  storing the events). After each, the run sends a sentinel event and waits until the
-  read API lists it (up to 180 s; quick 60): "router catch-up" is how far storing lagged
-  behind acknowledging, and the next scenario starts only then.
+  storing the events). After each, the run waits until Tidegate's counter of events the
+  router has recorded (`tidegate_events_routed_total`) reaches its counter of events
+  acknowledged (up to 180 s; quick 60): "router catch-up" is how far storing lagged
+  behind acknowledging, and the next scenario starts only then. (Until 2026-12-06 it
+  waited for a sentinel event to show in the read API, which showed only the log
+  partition the sentinel landed in.)
 - **(c) end to end**: `POST /v1/track` **open loop** at a fixed rate (default 1,200
   events/s for 20 s) to a second tenant with one webhook destination (the receiver).
   Request *i* is due at t0 + i/rate whatever happened before; its latency is measured
@@ -394,7 +397,7 @@ def _engine_body(plan: dict[str, Any], run: dict[str, Any]) -> list[str]:
     ]
     if catch:
         lines += [
-            "Router catch-up (acknowledged → listed by the read API, after the scenario): "
+            "Router catch-up (acknowledged → recorded by the router, after the scenario): "
             + ", ".join(catch)
             + " (None = not within the limit).",
             "",
@@ -947,7 +950,7 @@ def _comparison(plan: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:
         ),
         row("(a) errors", lambda s, _r: _errors(s["a_track"])),
         row(
-            "(a) router catch-up (acked → listed by the read API), s",
+            "(a) router catch-up (acked → recorded by the router), s",
             lambda s, _r: _n(s["a_track"]["router_catch_up_s"], 2),
         ),
         row(

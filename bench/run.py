@@ -44,9 +44,10 @@ Scenarios:
 
 (a) and (b) use a tenant without destinations, so they measure the ingest path (plus
 the router storing the events); (c) and the runs after it use a second tenant with one
-destination. After (a) and (b) the run waits until the router has stored everything (a
-sentinel event shows up in the read API) so their backlog does not leak into the next
-scenario; after each end-to-end run it waits for the remaining deliveries.
+destination. After (a) and (b) the run waits until the router has stored everything
+(Tidegate's counter of events the router recorded reaches its ingest counter) so their
+backlog does not leak into the next scenario; after each end-to-end run it waits for the
+remaining deliveries.
 
 The steps, the sustained run and the soak keep no per-event record: each event carries
 its intended send time, the receiver aggregates (a bit per event, a latency histogram
@@ -299,9 +300,7 @@ async def wrk_runs(
             f" p99 {summary['latency_ms']['p99']} ms, errors {summary['errors']}",
             flush=True,
         )
-    out["a_wrk"]["router_catch_up_s"] = await catch_up(
-        control, tg.base, ingest, f"{run_id}-sentinel-a_wrk", plan.catchup_s
-    )
+    out["a_wrk"]["router_catch_up_s"] = await catch_up(control, tg.base, plan.catchup_s)
 
 
 def closed_summary(result: loadgen.Result, resources: dict[str, object]) -> dict[str, Any]:
@@ -322,31 +321,25 @@ def closed_summary(result: loadgen.Result, resources: dict[str, object]) -> dict
     }
 
 
-async def catch_up(
-    http: aiohttp.ClientSession,
-    base: str,
-    tenant: services.Tenant,
-    sentinel: str,
-    timeout_s: float,
-) -> float | None:
-    """Send a sentinel event; seconds until the read API lists it (the router has stored
-    everything sent before it), or None if it did not within `timeout_s`."""
-    target = loadgen.track_target(base, tenant.write_key, sentinel)
-    request = target.make(0)
-    async with http.post(target.url, data=request.body, headers=target.headers) as response:
-        if response.status != 200:
-            return None
-    (message_id,) = request.message_ids
+async def catch_up(http: aiohttp.ClientSession, base: str, timeout_s: float) -> float | None:
+    """Seconds until the router has recorded every event acknowledged so far, or None if
+    it did not within `timeout_s`: Tidegate's own counters, summed over its processes,
+    until `tidegate_events_routed_total` reaches `tidegate_events_ingested_total`. Every
+    log partition counts; a sentinel event, as before, showed only the partition (the
+    api process) it landed in, and a backlog in another leaked into the next scenario."""
     started = time.perf_counter()
-    headers = {"authorization": f"Bearer {tenant.api_key}"}
     while time.perf_counter() - started < timeout_s:
-        async with http.get(base + "/v1/events?limit=5", headers=headers) as response:
-            if response.status == 200:
-                page = await response.json()
-                if any(e.get("message_id") == message_id for e in page.get("data", [])):
-                    return round(time.perf_counter() - started, 2)
+        counters = await scrape_metrics(http, base)
+        ingested = sum(v for k, v in counters.items() if k.startswith(_INGESTED))
+        routed = sum(v for k, v in counters.items() if k.startswith(_ROUTED))
+        if routed >= ingested:
+            return round(time.perf_counter() - started, 2)
         await asyncio.sleep(0.1)
     return None
+
+
+_INGESTED = "tidegate_events_ingested_total"
+_ROUTED = "tidegate_events_routed_total"
 
 
 async def receiver_counts(
@@ -601,9 +594,7 @@ async def measure(
             r, res = await closed(key, target, concurrency, duration_s)
             out[key] = closed_summary(r, res)
             with Window(pids()) as window:
-                out[key]["router_catch_up_s"] = await catch_up(
-                    control, tg.base, ingest, f"{run_id}-sentinel-{key}", plan.catchup_s
-                )
+                out[key]["router_catch_up_s"] = await catch_up(control, tg.base, plan.catchup_s)
             out[key]["catch_up_resources"] = window.resources
             print(f"  router caught up after {out[key]['router_catch_up_s']} s", flush=True)
 

@@ -62,6 +62,11 @@ def _pid_without_syscalls() -> None:
 _pid_without_syscalls()  # before the first metric below is made
 
 INGESTED = Counter("tidegate_events_ingested_total", "Events durably accepted", ["kind"])
+ROUTED = Counter(
+    "tidegate_events_routed_total",
+    "Events the router has recorded in the store, duplicates included: the router's lag"
+    " is tidegate_events_ingested_total minus this",
+)
 REJECTED = Counter("tidegate_requests_rejected_total", "Ingest requests refused", ["code"])
 ATTEMPTS = Counter("tidegate_delivery_attempts_total", "Delivery attempts", ["outcome"])
 DEAD_LETTERS = Counter("tidegate_dead_letters_total", "Deliveries that exhausted the schedule")

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from tidegate import telemetry
 from tidegate.errors import BackendUnavailable, DecryptionFailed, ValidationFailed
 from tidegate.eventlog import Batch, EventLog, LogRecord
 from tidegate.ids import now_ms
@@ -75,6 +76,7 @@ class Router:
                 continue
         for start in range(0, len(entries), ROUTE_EVENTS):
             await self._route(entries[start : start + ROUTE_EVENTS])
+        telemetry.ROUTED.inc(len(entries))
 
     async def _route(self, entries: list[LogEntry]) -> None:
         by_tenant: dict[TenantId, list[Destination]] = defaultdict(list)
