@@ -16,8 +16,8 @@ as CPU seconds of all its threads per unit of work. Single runs still differ by 
          depends on its row count, as with the router's batches).
   route  process 0's part of (b): N events ingested (in process, as in `batch`) to a
          tenant without destinations, then the worker role started on them and timed
-         until the store holds every one (dedupe claim, event row, indexes, offsets):
-         CPU per routed event.
+         until the router has committed the last record's offset, so has stored every
+         event (dedupe claim, event row, indexes): CPU per routed event.
   deliver  process 0's whole job: N events ingested (in process, as in `api`) to a
          tenant with one webhook destination, then the worker role (router, dispatcher,
          store writer, aiohttp) started on them and timed until the webhook receiver
