@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -66,10 +68,12 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def sender() -> AsyncIterator[WebhookSender]:
-    """A sender allowed to reach 127.0.0.0/8, closed after the test."""
-    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+@pytest.fixture(params=[True, False], ids=["nested-epoll", "loop-watchers"])
+async def sender(request: pytest.FixtureRequest) -> AsyncIterator[WebhookSender]:
+    """A sender allowed to reach 127.0.0.0/8, closed after the test; each test runs
+    with libcurl's sockets in the sender's own epoll set (Linux) and on the loop's
+    watchers (elsewhere)."""
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5, nested_poll=request.param)
     try:
         yield sender
     finally:
@@ -187,8 +191,9 @@ async def test_proxies_from_the_environment_are_not_used(
     assert outcome.status_code == 204
 
 
-async def test_many_concurrent_attempts_all_complete(server: Server) -> None:
-    sender = WebhookSender(LOOPBACK, default_timeout_s=5, limit=16)
+@pytest.mark.parametrize("nested", [True, False])
+async def test_many_concurrent_attempts_all_complete(server: Server, nested: bool) -> None:
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5, limit=16, nested_poll=nested)
     try:
         outcomes = await asyncio.gather(*(send(sender, server.url(f"/c{i}")) for i in range(200)))
     finally:
@@ -292,3 +297,123 @@ async def test_a_long_answer_is_cut_short_with_its_status_kept(
     short = await send(sender, server.url("/short"))
     assert long.status_code == 200 and long.is_success
     assert short.status_code == 500 and short.error == "HTTP 500"
+
+
+def peer_port(fd: int) -> int | None:
+    """The remote port of the TCP socket `fd`, or None."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return int(sock.getpeername()[1])
+    except OSError:
+        return None
+
+
+@dataclass
+class RawServer:
+    """HTTP/1.1 by hand, to control the connection: answers 204 and, while
+    `close_after` is set, closes the connection after the answer."""
+
+    port: int = 0
+    close_after: bool = False
+    connections: int = 0
+    requests: int = 0
+    open: list[asyncio.StreamWriter] = field(default_factory=list)
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[RawServer]:
+    state = RawServer()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        state.open.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                state.requests += 1
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+                if state.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        for writer in state.open:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_kept_alive_socket_stays_parked_in_the_epoll_set(raw_server: RawServer) -> None:
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    url = f"http://127.0.0.1:{raw_server.port}/hook"
+    try:
+        for _ in range(5):
+            assert (await send(sender, url)).status_code == 204
+        assert raw_server.connections == 1 and raw_server.requests == 5
+        assert not sender._wanted  # no transfer waits on a socket
+        assert raw_server.port in {peer_port(fd) for fd in sender._in_set}  # parked
+    finally:
+        await sender.aclose()
+
+
+async def test_a_parked_connection_closed_by_the_other_end_is_dropped_quietly(
+    raw_server: RawServer,
+) -> None:
+    """The server closes an idle kept-alive connection: its parked socket turns readable
+    once and leaves the set (no busy loop); the next attempt opens a new connection,
+    often on the same descriptor number, which is registered anew."""
+    sender = WebhookSender(LOOPBACK, default_timeout_s=5)
+    url = f"http://127.0.0.1:{raw_server.port}/hook"
+    wakes = 0
+    on_ready = sender._on_ready
+
+    def counted() -> None:
+        nonlocal wakes
+        wakes += 1
+        on_ready()
+
+    sender._on_ready = counted  # type: ignore[method-assign]
+    try:
+        for round_ in range(4):
+            assert (await send(sender, url)).status_code == 204
+            for writer in raw_server.open:
+                writer.close()  # the server ends every idle connection
+            raw_server.open.clear()
+            await asyncio.sleep(0.2)
+            watched = {peer_port(fd) for fd in sender._in_set}
+            assert raw_server.port not in watched, f"round {round_}: closed, still watched"
+        assert raw_server.connections == 4 and raw_server.requests == 4
+        assert wakes < 40  # once or twice a round, not a spin
+    finally:
+        await sender.aclose()
+
+
+async def test_connections_closed_after_each_answer_reuse_descriptor_numbers(
+    raw_server: RawServer,
+) -> None:
+    """`Connection: close` style: libcurl closes each socket and opens a new one, and
+    the kernel hands out the freed number again; every attempt still completes."""
+    raw_server.close_after = True
+    sender = WebhookSender(LOOPBACK, default_timeout_s=2)
+    url = f"http://127.0.0.1:{raw_server.port}/hook"
+    try:
+        outcomes = [await send(sender, url) for _ in range(20)]
+        outcomes += await asyncio.gather(*(send(sender, url) for _ in range(20)))
+    finally:
+        await sender.aclose()
+    assert [o.status_code for o in outcomes] == [204] * 40
+    assert raw_server.requests == 40

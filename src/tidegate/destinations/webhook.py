@@ -1,11 +1,13 @@
 """Webhook delivery over libcurl (pycurl's multi interface on the event loop), signed per
 Standard Webhooks.
 
-One `CurlMulti` runs every attempt: its socket and timer callbacks are the event loop's
-`add_reader`/`add_writer` and `call_later`, so transfers make progress as the loop turns,
-and its connection cache keeps connections alive between attempts. libcurl's request
-path costs about 30 µs of CPU per webhook here against about 70 for aiohttp's
-(docs/benchmarks.md, sixth session; ADR 0001).
+One `CurlMulti` runs every attempt: its timer callback is the event loop's `call_later`,
+and on Linux its sockets sit in an epoll set of the sender's own, which the loop watches
+as one descriptor (elsewhere, the loop's `add_reader`/`add_writer`), so transfers make
+progress as the loop turns. Its connection cache keeps connections alive between
+attempts, and their sockets stay in the set between transfers. libcurl's request path
+costs about 30 µs of CPU per webhook here against about 70 for aiohttp's
+(docs/benchmarks.md, sixth and eighth sessions; ADR 0012).
 
 Redirects are not followed (a 3xx is a failure). Proxies named by the environment are
 not used. Every request's host is checked by the SSRF policy: IP literals before the
@@ -18,7 +20,9 @@ system's CA certificates (Python's `ssl` default paths), not the wheel's built-i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import select
 import socket
 import ssl
 import time
@@ -37,6 +41,7 @@ from tidegate.security.ssrf import SsrfPolicy
 
 USER_AGENT = "Tidegate-Webhooks/0.1"
 _RETRY_AFTER = b"retry-after:"
+_POLL_BOTH = pycurl.POLL_IN | pycurl.POLL_OUT
 # What is read of a response body, which nothing looks at: an endpoint answering with an
 # endless body ends the transfer here, with its status kept, not at the timeout.
 _BODY_KEPT = 64 * 1024
@@ -99,7 +104,14 @@ class _Transfer:
 
 
 class WebhookSender:
-    def __init__(self, policy: SsrfPolicy, *, default_timeout_s: float, limit: int = 1024) -> None:
+    def __init__(
+        self,
+        policy: SsrfPolicy,
+        *,
+        default_timeout_s: float,
+        limit: int = 1024,
+        nested_poll: bool = True,
+    ) -> None:
         self._policy = policy
         self._default_timeout_s = default_timeout_s
         self._ca = _ca_options()
@@ -113,6 +125,12 @@ class WebhookSender:
         self._idle: list[_Transfer] = []
         self._running: dict[pycurl.Curl, _Transfer] = {}
         self._closed = False
+        # libcurl's sockets in an epoll set of their own (Linux), watched by the event
+        # loop as one descriptor; see `_on_socket`. Elsewhere, the loop's own watchers.
+        self._nested = nested_poll and hasattr(select, "epoll")
+        self._epoll: select.epoll | None = None
+        self._wanted: dict[int, int] = {}  # fd -> the epoll events libcurl waits for
+        self._in_set: set[int] = set()  # fds registered in `_epoll`, maybe closed since
 
     async def send(
         self,
@@ -187,6 +205,9 @@ class WebhookSender:
         loop = self._loop
         if loop is None:
             return
+        if self._nested:
+            self._on_socket_nested(loop, what, fd)
+            return
         if what == pycurl.POLL_REMOVE:
             loop.remove_reader(fd)
             loop.remove_writer(fd)
@@ -199,6 +220,69 @@ class WebhookSender:
             loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
         else:
             loop.remove_writer(fd)
+
+    def _on_socket_nested(self, loop: asyncio.AbstractEventLoop, what: int, fd: int) -> None:
+        """libcurl's sockets in an epoll set of the sender's own, which the event loop
+        watches as one descriptor (`_on_ready`).
+
+        Watching each socket on the loop cost every delivery about seven syscalls under
+        uvloop: a new watcher per transfer (an `epoll_ctl` pair to check the descriptor,
+        an `ioctl`, an `epoll_ctl` that fails, the registration) and three `epoll_ctl`
+        to drop it. Here a kept-alive connection's socket stays in the set between
+        transfers ("parked"): the next transfer on it costs one `epoll_ctl`, which also
+        tells whether it is still the same socket. The kernel drops a socket from the
+        set when it is closed, so a number libcurl reuses for a new socket is registered
+        again (ENOENT, then ADD), and no other part of the process ever sees these
+        descriptors watched. A parked socket that turns readable (the other end closed
+        the idle connection) leaves the set without waking libcurl.
+        """
+        epoll = self._epoll
+        if epoll is None:
+            epoll = self._epoll = select.epoll()
+            loop.add_reader(epoll.fileno(), self._on_ready)
+        if what == pycurl.POLL_REMOVE or not what & _POLL_BOTH:
+            events = self._wanted.pop(fd, 0)
+            if events & select.EPOLLOUT and fd in self._in_set:
+                self._watch(epoll, fd, select.EPOLLIN)  # parked: never for writing
+            return
+        events = (select.EPOLLIN if what & pycurl.POLL_IN else 0) | (
+            select.EPOLLOUT if what & pycurl.POLL_OUT else 0
+        )
+        if self._wanted.get(fd) != events:
+            self._wanted[fd] = events
+            self._watch(epoll, fd, events)
+
+    def _watch(self, epoll: select.epoll, fd: int, events: int) -> None:
+        if fd in self._in_set:
+            try:
+                epoll.modify(fd, events)
+                return
+            except FileNotFoundError:  # closed since, and the number reused
+                self._in_set.discard(fd)
+        try:
+            epoll.register(fd, events)
+        except FileExistsError:
+            epoll.modify(fd, events)
+        self._in_set.add(fd)
+
+    def _on_ready(self) -> None:
+        epoll = self._epoll
+        if epoll is None or self._closed:
+            return
+        for fd, events in epoll.poll(0):
+            if fd not in self._wanted:  # parked, and the other end closed it
+                self._in_set.discard(fd)
+                with contextlib.suppress(OSError):
+                    epoll.unregister(fd)
+                continue
+            action = 0
+            if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                action |= pycurl.CSELECT_IN
+            if events & select.EPOLLOUT:
+                action |= pycurl.CSELECT_OUT
+            if events & select.EPOLLERR:
+                action |= pycurl.CSELECT_ERR
+            self._act(fd, action)
 
     def _on_timer(self, ms: int) -> None:
         if self._timer is not None:
@@ -255,6 +339,13 @@ class WebhookSender:
             transfer.curl.close()
         self._idle.clear()
         self._multi.close()
+        if self._epoll is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+        self._wanted.clear()
+        self._in_set.clear()
         await asyncio.sleep(0)
 
 
