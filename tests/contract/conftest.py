@@ -16,9 +16,12 @@ from tests.kafka_broker import KafkaBroker
 from tests.pg import Databases
 from tidegate.eventlog import EventLog, open_event_log
 from tidegate.store import Store, open_store
+from tidegate.store.sqlite import SqliteStore
 
 LOG_ENGINES = ["sqlite", "kafka"]
-STORE_ENGINES = ["sqlite", "postgres"]
+# "sqlite-flushing": the embedded store writing its dedupe claims to the claims file after
+# every routing call, where the default keeps 100,000 in memory and its journal first.
+STORE_ENGINES = ["sqlite", "sqlite-flushing", "postgres"]
 
 
 def log_url(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -64,6 +67,10 @@ async def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
 
 @pytest.fixture(params=STORE_ENGINES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(store_url(request.param, request, tmp_path))
+    s: Store
+    if request.param == "sqlite-flushing":
+        s = SqliteStore(tmp_path / "store.db", flush_claims_at=1)
+    else:
+        s = open_store(store_url(request.param, request, tmp_path))
     yield s
     await s.aclose()

@@ -78,6 +78,13 @@ CREATE TABLE IF NOT EXISTS dedupe (
     PRIMARY KEY (tenant_id, dedupe_index)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at_ms);
+-- Dedupe claims made since the claims file's last flush (store/sqlite/claims.py), in
+-- routing order; `dedupe` above is where releases before it kept claims.
+CREATE TABLE IF NOT EXISTS dedupe_journal (
+    seq           INTEGER PRIMARY KEY,
+    claim         BLOB    NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_age ON events (received_at_ms);
 CREATE TABLE IF NOT EXISTS deliveries (
     id                 TEXT PRIMARY KEY,

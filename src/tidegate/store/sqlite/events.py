@@ -11,6 +11,7 @@ from tidegate.ids import new_delivery_id
 from tidegate.model import Delivery, DeliveryStatus, EventId, TenantId
 from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
 from tidegate.store.rows import EVENT_COLUMNS, event_row
+from tidegate.store.sqlite.claims import Claims
 from tidegate.store.sqlite.database import placeholders, row_chunks, row_values
 from tidegate.store.sqlite.deliveries import insert_deliveries
 
@@ -18,98 +19,85 @@ from tidegate.store.sqlite.deliveries import insert_deliveries
 class SqliteEventStore:
     """Implements EventStore on the embedded database."""
 
-    def __init__(self, db: EmbeddedDatabase) -> None:
+    def __init__(self, db: EmbeddedDatabase, claims: Claims) -> None:
         self._db = db
+        self._claims = claims
 
     async def record_routed(
         self, events: Sequence[RoutedEvent], *, now_ms: int, dedupe_window_ms: int, lease_ms: int
     ) -> list[Delivery]:
-        """Set-based, a few multi-row statements per batch: each statement is one step of
-        SQLite's VM and one GIL round trip with the event loop's thread, where a statement
-        per row would cost several per event."""
-
-        def record(c: sqlite3.Connection) -> list[Delivery]:
-            # Claim the dedupe keys: a new key, or one whose window has expired, goes to
-            # this event; within one statement the first event of a key wins (rows are
-            # inserted in log order), so a later duplicate in the same batch is dropped.
-            claimed: set[str] = set()
-            for chunk in row_chunks([e.meta for e in events], 4):
-                claimed.update(
-                    owner
-                    for (owner,) in c.execute(
-                        "INSERT INTO dedupe (tenant_id, dedupe_index, event_id, expires_at_ms)"
-                        f" VALUES {row_values(len(chunk), 4)}"
-                        " ON CONFLICT (tenant_id, dedupe_index) DO UPDATE"
-                        " SET event_id = excluded.event_id, expires_at_ms = excluded.expires_at_ms"
-                        " WHERE dedupe.expires_at_ms <= ? RETURNING event_id",
-                        [
-                            *(
-                                v
-                                for m in chunk
-                                for v in (
-                                    m.tenant_id,
-                                    m.dedupe_index,
-                                    m.id,
-                                    now_ms + dedupe_window_ms,
-                                )
-                            ),
-                            now_ms,
-                        ],
-                    )
-                )
-            # One row per event id: a record read twice within a batch counts once.
+        """Dedupe against the claims (claims.py), then one transaction: the kept events'
+        claims appended to the journal, their rows, their deliveries. Set-based, a few
+        multi-row statements per batch: each statement is one step of SQLite's VM and one
+        GIL round trip with the event loop's thread, where a statement per row would cost
+        several per event."""
+        claims = self._claims
+        async with claims.lock:
+            await claims.open()
+            keys = [claims.key(e.meta.tenant_id, e.meta.dedupe_index) for e in events]
+            taken = await claims.taken(keys, now_ms)
+            # The first event of a key wins, in log order; a later one in the same batch
+            # (or the same event read twice) is a duplicate of it.
             kept: list[RoutedEvent] = []
-            for event in events:
-                if event.meta.id in claimed:
-                    claimed.discard(event.meta.id)
+            new_keys: list[bytes] = []
+            for event, key in zip(events, keys, strict=True):
+                if key not in taken:
+                    taken.add(key)
                     kept.append(event)
-            # An event id already recorded (the log replayed after a crash) is ignored,
-            # and gets no deliveries again.
-            inserted: set[str] = set()
-            for part in row_chunks(kept, 9):
-                inserted.update(
-                    event_id
-                    for (event_id,) in c.execute(
-                        "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
-                        " name_index, dedupe_index, received_at_ms, ciphertext)"
-                        f" VALUES {row_values(len(part), 9)} RETURNING id",
-                        [
-                            v
-                            for e in part
-                            for v in (
-                                e.meta.tenant_id,
-                                e.meta.id,
-                                e.meta.source_id,
-                                e.meta.kind,
-                                e.meta.type,
-                                e.meta.name_index,
-                                e.meta.dedupe_index,
-                                e.meta.received_at_ms,
-                                e.ciphertext,
-                            )
-                        ],
-                    )
-                )
-            created = [
-                Delivery(
-                    id=new_delivery_id(),
-                    tenant_id=e.meta.tenant_id,
-                    event_id=e.meta.id,
-                    destination_id=destination_id,
-                    status=DeliveryStatus.PENDING,
-                    attempts=0,
-                    next_attempt_at_ms=now_ms,
-                    created_at_ms=now_ms,
-                    updated_at_ms=now_ms,
-                )
-                for e in kept
-                if e.meta.id in inserted
-                for destination_id in e.destination_ids
-            ]
-            insert_deliveries(c, created, lease_until_ms=now_ms + lease_ms)
-            return created
+                    new_keys.append(key)
+            expires_ms = now_ms + dedupe_window_ms
 
-        return await self._db.write(record)
+            def record(c: sqlite3.Connection) -> list[Delivery]:
+                claims.journal(c, new_keys, expires_ms)
+                # An event id already recorded (an expired claim taken again by an event
+                # the log replays) is ignored, and gets no deliveries again.
+                inserted: set[str] = set()
+                for part in row_chunks(kept, 9):
+                    inserted.update(
+                        event_id
+                        for (event_id,) in c.execute(
+                            "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
+                            " name_index, dedupe_index, received_at_ms, ciphertext)"
+                            f" VALUES {row_values(len(part), 9)} RETURNING id",
+                            [
+                                v
+                                for e in part
+                                for v in (
+                                    e.meta.tenant_id,
+                                    e.meta.id,
+                                    e.meta.source_id,
+                                    e.meta.kind,
+                                    e.meta.type,
+                                    e.meta.name_index,
+                                    e.meta.dedupe_index,
+                                    e.meta.received_at_ms,
+                                    e.ciphertext,
+                                )
+                            ],
+                        )
+                    )
+                created = [
+                    Delivery(
+                        id=new_delivery_id(),
+                        tenant_id=e.meta.tenant_id,
+                        event_id=e.meta.id,
+                        destination_id=destination_id,
+                        status=DeliveryStatus.PENDING,
+                        attempts=0,
+                        next_attempt_at_ms=now_ms,
+                        created_at_ms=now_ms,
+                        updated_at_ms=now_ms,
+                    )
+                    for e in kept
+                    if e.meta.id in inserted
+                    for destination_id in e.destination_ids
+                ]
+                insert_deliveries(c, created, lease_until_ms=now_ms + lease_ms)
+                return created
+
+            created = await self._db.write(record)
+            claims.claimed(new_keys, expires_ms)
+        return created
 
     async def purge(self, *, now_ms: int, events_before_ms: int) -> int:
         def purge(c: sqlite3.Connection) -> int:
@@ -139,7 +127,9 @@ class SqliteEventStore:
                 )
             return len(rows) + claims
 
-        return await self._db.write(purge)
+        # Expired claims: those of the claims file (and the journal's, flushed there), and
+        # any left in the `dedupe` table by a release from before the claims file.
+        return await self._db.write(purge) + await self._claims.flush(now_ms)
 
     async def get_event(self, tenant_id: TenantId, event_id: EventId) -> StoredEvent | None:
         row = await self._db.read(

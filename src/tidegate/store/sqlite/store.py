@@ -1,4 +1,5 @@
-"""SqliteStore: the embedded store, one SQLite file (WAL, group commit)."""
+"""SqliteStore: the embedded store, one SQLite file (WAL, group commit), and a second
+file of dedupe claims for the router (claims.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from tidegate.embedded import sqlite_path
 from tidegate.store.sqlite.audit import SqliteAuditStore
+from tidegate.store.sqlite.claims import FLUSH_CLAIMS, Claims, claims_path
 from tidegate.store.sqlite.database import open_database
 from tidegate.store.sqlite.deliveries import SqliteDeliveryStore
 from tidegate.store.sqlite.destinations import SqliteDestinationStore
@@ -17,11 +19,14 @@ from tidegate.store.sqlite.usage import SqliteUsageStore
 class SqliteStore:
     """Implements Store: one aggregate store per Protocol, sharing one embedded database."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, flush_claims_at: int = FLUSH_CLAIMS) -> None:
+        """`flush_claims_at`: dedupe claims kept in memory before they go to the claims
+        file (claims.py)."""
         self._db = open_database(path)
+        self._claims = Claims(self._db, claims_path(path), flush_at=flush_claims_at)
         self._tenants = SqliteTenantStore(self._db)
         self._destinations = SqliteDestinationStore(self._db)
-        self._events = SqliteEventStore(self._db)
+        self._events = SqliteEventStore(self._db, self._claims)
         self._deliveries = SqliteDeliveryStore(self._db)
         self._usage = SqliteUsageStore(self._db)
         self._audit = SqliteAuditStore(self._db)
@@ -62,4 +67,5 @@ class SqliteStore:
         await self._db.read(lambda c: c.execute("SELECT 1").fetchone())
 
     async def aclose(self) -> None:
+        await self._claims.aclose()
         await self._db.aclose()
