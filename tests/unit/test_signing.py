@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import os
 import time
 
 import pytest
@@ -10,6 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tidegate.errors import ValidationFailed
 from tidegate.ids import new_delivery_id, new_webhook_secret
 from tidegate.security import signing
+from tidegate.security.mac import HmacSha256
 
 
 def test_signature_verifies_with_reference_library() -> None:
@@ -49,3 +52,12 @@ def test_own_verify_matches_and_rejects_stale_timestamps() -> None:
 def test_malformed_secrets_are_refused(bad: str) -> None:
     with pytest.raises(ValidationFailed):
         signing.secret_key(bad)
+
+
+@pytest.mark.parametrize("key_bytes", [0, 1, 24, 32, 63, 64, 65, 200])
+def test_precomputed_hmac_equals_the_standard_library(key_bytes: int) -> None:
+    """Keys shorter than, equal to and longer than SHA-256's 64-byte block."""
+    key = os.urandom(key_bytes)
+    mac = HmacSha256(key)
+    for message in (b"", b"x", os.urandom(300), os.urandom(5000)):
+        assert mac.digest(message) == hmac.digest(key, message, "sha256")

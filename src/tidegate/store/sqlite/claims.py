@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -50,6 +51,7 @@ log = structlog.get_logger(__name__)
 FLUSH_CLAIMS = 100_000
 _PROBE_CHUNK = 500
 _EXPIRE = 50_000
+_TRIM = 5_000
 _CACHE_KIB = 8 * 1024
 _TAG_BYTES = 8
 SCHEMA = """
@@ -184,14 +186,18 @@ class Claims:
                 # up to its last row.
                 upto = await self._store.read(_journal_end)
                 self._flushing, self._pending = self._pending, {}
-            rows = sorted(self._flushing.items())
+            flushing = self._flushing
+            keys = sorted(flushing)  # no (key, expiry) pair built per claim up front
             at = clock() if now_ms is None else now_ms
-            expired = await file.write(lambda c: _merge(c, rows, at))
+            expired = await file.write(
+                lambda c: _merge(c, ((key, flushing[key]) for key in keys), at)
+            )
             self._file_empty = False
-            if upto is not None:
-                await self._store.write(
-                    lambda c: c.execute("DELETE FROM dedupe_journal WHERE seq <= ?", (upto,))
-                )
+            # The journal up to `upto`, a chunk per transaction, so the routing and attempt
+            # records queued behind it wait for a chunk, not for the whole trim.
+            trimmed = _TRIM
+            while upto is not None and trimmed == _TRIM:
+                trimmed = await self._store.write(partial(_trim_journal, upto=upto))
             self._flushing = {}
             return expired
         except BaseException:
@@ -231,7 +237,7 @@ def _probe(conn: sqlite3.Connection, keys: list[bytes], now_ms: int) -> list[byt
     return found
 
 
-def _merge(conn: sqlite3.Connection, rows: list[tuple[bytes, int]], now_ms: int) -> int:
+def _merge(conn: sqlite3.Connection, rows: Iterable[tuple[bytes, int]], now_ms: int) -> int:
     """Claims in key order (each page of the B-tree visited once), then up to _EXPIRE
     expired ones out (housekeeping calls again while some remain)."""
     conn.executemany(
@@ -244,6 +250,17 @@ def _merge(conn: sqlite3.Connection, rows: list[tuple[bytes, int]], now_ms: int)
             "DELETE FROM claims WHERE claim IN"
             " (SELECT claim FROM claims WHERE expires_at_ms <= ? LIMIT ?)",
             (now_ms, _EXPIRE),
+        ).rowcount
+    )
+
+
+def _trim_journal(conn: sqlite3.Connection, *, upto: int) -> int:
+    """Up to _TRIM journal rows at or below `upto`, oldest first; how many."""
+    return int(
+        conn.execute(
+            "DELETE FROM dedupe_journal WHERE seq IN"
+            " (SELECT seq FROM dedupe_journal WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            (upto, _TRIM),
         ).rowcount
     )
 

@@ -26,13 +26,13 @@ _ADDED_COLUMNS = (
 )
 
 
-# The store writer's page cache. A router transaction of 2,000 events dirties pages all
-# over the dedupe table's B-tree (its keys are HMACs); with SQLite's default 2 MiB some
-# of them went out to the WAL before the commit and came back with a read. A process
-# that ingested and routed 200,000 events (bench/micro.py route) used 2.5-2.7 s of system
-# time, and 1.7-1.8 s with this cache. Filled as pages are touched, so it is memory in
-# use only as the store grows.
-WRITER_CACHE_KIB = 32 * 1024
+# The store writer's page cache: 8 MiB, where SQLite's default is 2 MiB (a transaction
+# that dirties more pages than its cache holds writes some of them out before its commit,
+# and reads them back). It was 32 MiB while the dedupe claims were a table of this file,
+# whose HMAC keys put each claim on a random page (claims.py); with them gone, 8 MiB
+# measured the same CPU per event (bench/micro.py store) and kept process 0's RSS at
+# 145-162 MiB where 32 MiB had it at 168-185 (ninth benchmark session).
+WRITER_CACHE_KIB = 8 * 1024
 
 
 def open_database(path: Path) -> EmbeddedDatabase:
