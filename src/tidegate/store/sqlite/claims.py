@@ -117,10 +117,7 @@ class Claims:
         except BaseException:
             await file.aclose()
             raise
-        pending = self._pending
-        for claim, expires in journal:
-            if expires > pending.get(claim, 0):
-                pending[claim] = expires
+        _keep_latest(self._pending, journal)
         self._file = file
 
     async def taken(self, keys: Sequence[bytes], now_ms: int) -> set[bytes]:
@@ -200,9 +197,7 @@ class Claims:
         except BaseException:
             # Back into memory: the journal still holds them, and they stay findable until
             # a flush gets through.
-            for key, expires in self._flushing.items():
-                if expires > self._pending.get(key, 0):
-                    self._pending[key] = expires
+            _keep_latest(self._pending, self._flushing.items())
             self._flushing = {}
             raise
         finally:
@@ -217,6 +212,13 @@ class Claims:
         if self._file is not None:
             await self._file.aclose()
             self._file = None
+
+
+def _keep_latest(into: dict[bytes, int], claims: Iterable[tuple[bytes, int]]) -> None:
+    """Add `claims` to `into`, keeping the later expiry where a key is in both."""
+    for key, expires in claims:
+        if expires > into.get(key, 0):
+            into[key] = expires
 
 
 def _probe(conn: sqlite3.Connection, keys: list[bytes], now_ms: int) -> list[bytes]:
@@ -305,9 +307,7 @@ def _legacy_claims(conn: sqlite3.Connection, now_ms: int) -> list[tuple[str, byt
 def _import_legacy(conn: sqlite3.Connection, rows: list[tuple[str, bytes, int]]) -> None:
     """Once per claims file: the `dedupe` table's live claims, so an upgrade keeps them."""
     claims: dict[bytes, int] = {}
-    for tenant, index, expires in rows:
-        key = claim_key(tenant, index)
-        claims[key] = max(expires, claims.get(key, 0))
+    _keep_latest(claims, ((claim_key(tenant, index), expires) for tenant, index, expires in rows))
     _merge(conn, claims, clock())
     conn.execute(
         "INSERT OR REPLACE INTO meta (name, value) VALUES ('legacy_imported', ?)",
