@@ -59,6 +59,10 @@ _MAX_LANE_BACKLOG = 10_000
 # is store work taken from delivery.
 _CLAIMABLE_BACKLOG = _MAX_LANE_BACKLOG // 2
 _OUTCOME_LINGER_S = 0.005
+# Outcomes waiting for the store beyond which an attempt keeps its lane slot until its own
+# outcome is recorded: attempts then go no faster than the store records them, instead of
+# piling up in memory when the store writer falls behind (an overloaded machine).
+_MAX_UNRECORDED = 1_000
 # The attempts counter of each outcome, looked up once rather than per attempt.
 _ATTEMPTS = {outcome: telemetry.ATTEMPTS.labels(outcome.value) for outcome in AttemptOutcome}
 
@@ -173,6 +177,7 @@ class Dispatcher:
             lambda batch: runtime.store.deliveries.record_attempts(batch, now_ms=now_ms()),
             linger_s=_OUTCOME_LINGER_S,
         )
+        self._unrecorded = 0  # outcomes handed to `_attempts` and not yet recorded
         self._stopping = False
 
     def is_known(self, delivery_id: str) -> bool:
@@ -329,8 +334,10 @@ class Dispatcher:
         else:
             lane.breaker.record_alive()  # a 3xx/4xx answer: the endpoint is up
         # The endpoint is done with this delivery: its slot goes to the next one while
-        # the outcome is recorded (the lease keeps the delivery from any other worker).
-        slot.release()
+        # the outcome is recorded (the lease keeps the delivery from any other worker),
+        # unless the store is that far behind (`_run` gives the slot back after).
+        if self._unrecorded < _MAX_UNRECORDED:
+            slot.release()
         await self._finish(delivery, outcome, cached, final=False)
 
     async def _load(
@@ -406,14 +413,18 @@ class Dispatcher:
             status_code=code,
             error=outcome.error,
         )
-        await self._attempts.submit(
-            AttemptResult(
-                attempt=attempt,
-                delivery_status=status.value,
-                next_attempt_at_ms=next_at,
-                last_error=outcome.error,
+        self._unrecorded += 1
+        try:
+            await self._attempts.submit(
+                AttemptResult(
+                    attempt=attempt,
+                    delivery_status=status.value,
+                    next_attempt_at_ms=next_at,
+                    last_error=outcome.error,
+                )
             )
-        )
+        finally:
+            self._unrecorded -= 1
         self._meter(delivery.tenant_id, attempt_outcome, status)
         log.info(
             "delivery.attempted",
