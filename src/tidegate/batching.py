@@ -23,13 +23,18 @@ class GroupWriter(Generic[T]):
         self._linger_s = linger_s
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self.waiting = 0  # items submitted and not yet written (or failed)
 
     async def submit(self, item: T) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((item, done))
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain())
-        await done
+        self.waiting += 1
+        try:
+            await done
+        finally:
+            self.waiting -= 1
 
     async def _drain(self) -> None:
         try:

@@ -177,7 +177,6 @@ class Dispatcher:
             lambda batch: runtime.store.deliveries.record_attempts(batch, now_ms=now_ms()),
             linger_s=_OUTCOME_LINGER_S,
         )
-        self._unrecorded = 0  # outcomes handed to `_attempts` and not yet recorded
         self._stopping = False
 
     def is_known(self, delivery_id: str) -> bool:
@@ -336,7 +335,7 @@ class Dispatcher:
         # The endpoint is done with this delivery: its slot goes to the next one while
         # the outcome is recorded (the lease keeps the delivery from any other worker),
         # unless the store is that far behind (`_run` gives the slot back after).
-        if self._unrecorded < _MAX_UNRECORDED:
+        if self._attempts.waiting < _MAX_UNRECORDED:
             slot.release()
         await self._finish(delivery, outcome, cached, final=False)
 
@@ -413,18 +412,14 @@ class Dispatcher:
             status_code=code,
             error=outcome.error,
         )
-        self._unrecorded += 1
-        try:
-            await self._attempts.submit(
-                AttemptResult(
-                    attempt=attempt,
-                    delivery_status=status.value,
-                    next_attempt_at_ms=next_at,
-                    last_error=outcome.error,
-                )
+        await self._attempts.submit(
+            AttemptResult(
+                attempt=attempt,
+                delivery_status=status.value,
+                next_attempt_at_ms=next_at,
+                last_error=outcome.error,
             )
-        finally:
-            self._unrecorded -= 1
+        )
         self._meter(delivery.tenant_id, attempt_outcome, status)
         log.info(
             "delivery.attempted",
