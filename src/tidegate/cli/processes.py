@@ -107,7 +107,12 @@ class ApiProcesses:
             pass_fds=(self._lifeline_r,),
             # Not in this terminal's process group: Ctrl-C reaches process 0 only, which
             # then stops each api process once (a second signal would skip its drain).
-            start_new_session=True,
+            # A process group of its own, in process 0's session: Linux's scheduler
+            # autogroups (on by default on many distributions) share the CPU equally
+            # between sessions, and a session per api process gave each of them as much
+            # CPU as process 0's worker and everything else in its session together.
+            # (uvloop takes no `process_group`; setpgid is one system call, safe after fork.)
+            preexec_fn=os.setpgrp,
         )
 
     async def _watch(self, index: int) -> None:

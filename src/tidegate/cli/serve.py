@@ -159,6 +159,9 @@ async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
             await asyncio.sleep(0.05)
     finally:
         await others.stop()
+        # Set already unless starting the api processes failed: then stop serving too,
+        # rather than wait for a signal with none of them running.
+        server.should_exit = True
         await serving
 
 
