@@ -295,7 +295,7 @@ def test_tampering_is_detected(tmp_path: Path) -> None:
     tenant = tg.cli("tenants", "create", "t", "--region", "eu")["id"]
     tg.cli("sources", "create", "--tenant", tenant)
     tg.cli("apikeys", "create", "--tenant", tenant)
-    store = sqlite3.connect(tg.data_dir / "store.db")
+    store = sqlite3.connect(tg.data_dir / "store.audit.db")  # the audit chain's own file
     # Build a real chain through the store, then tamper with one record.
     import asyncio
 
@@ -364,7 +364,7 @@ def test_no_data_is_returned_when_the_audit_record_cannot_be_written(
         marker = f"secret-{uuid.uuid4().hex}"
         t.track("Withheld", properties={"note": marker})
         event_id = wait_until(lambda: t.get("/v1/events").json()["data"])[0]["id"]
-        with sqlite3.connect(tg.data_dir / "store.db") as store:
+        with sqlite3.connect(tg.data_dir / "store.audit.db") as store:
             store.execute(
                 "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit"
                 " BEGIN SELECT RAISE(ABORT, 'audit storage is failing'); END"
@@ -372,7 +372,7 @@ def test_no_data_is_returned_when_the_audit_record_cannot_be_written(
         r = t.get(f"/v1/events/{event_id}")
         assert r.status_code == 503, r.text
         assert marker not in r.text
-        with sqlite3.connect(tg.data_dir / "store.db") as store:
+        with sqlite3.connect(tg.data_dir / "store.audit.db") as store:
             store.execute("DROP TRIGGER refuse_audit")
         assert t.get(f"/v1/events/{event_id}").json()["payload"]["properties"]["note"] == marker
     finally:

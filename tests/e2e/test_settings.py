@@ -23,7 +23,7 @@ def test_https_only_is_the_default(fresh_dir) -> None:  # type: ignore[no-untype
 def test_database_files_are_private(fresh_dir) -> None:  # type: ignore[no-untyped-def]
     tg = Tidegate(fresh_dir)
     tg.cli("tenants", "create", "x", "--region", "eu")
-    for name in ("store.db", "master.key"):
+    for name in ("store.db", "store.audit.db", "master.key"):
         assert stat.S_IMODE((fresh_dir / name).stat().st_mode) == 0o600, name
 
 

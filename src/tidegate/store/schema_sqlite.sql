@@ -121,6 +121,8 @@ CREATE TABLE IF NOT EXISTS usage (
     value     INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, hour_ms, meter)
 ) WITHOUT ROWID;
+-- The audit chain lives in its own file (store/sqlite/audit.py). These two tables stay,
+-- copied from at each open and left in place, so a release rolled back to finds its chain.
 CREATE TABLE IF NOT EXISTS audit (
     seq        INTEGER PRIMARY KEY,
     at_ms      INTEGER NOT NULL,

@@ -1,12 +1,12 @@
-"""SqliteStore: the embedded store, one SQLite file (WAL, group commit), and a second
-file of dedupe claims for the router (claims.py)."""
+"""SqliteStore: the embedded store, one SQLite file (WAL, group commit), a second file
+of dedupe claims for the router (claims.py) and a third for the audit chain (audit.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tidegate.embedded import sqlite_path
-from tidegate.store.sqlite.audit import SqliteAuditStore
+from tidegate.store.sqlite.audit import SqliteAuditStore, open_audit
 from tidegate.store.sqlite.claims import FLUSH_CLAIMS, Claims, claims_path
 from tidegate.store.sqlite.database import open_database
 from tidegate.store.sqlite.deliveries import SqliteDeliveryStore
@@ -17,7 +17,8 @@ from tidegate.store.sqlite.usage import SqliteUsageStore
 
 
 class SqliteStore:
-    """Implements Store: one aggregate store per Protocol, sharing one embedded database."""
+    """Implements Store: one aggregate store per Protocol, sharing one embedded database
+    (the audit chain has its own)."""
 
     def __init__(self, path: Path, *, flush_claims_at: int = FLUSH_CLAIMS) -> None:
         """`flush_claims_at`: dedupe claims kept in memory before they go to the claims
@@ -29,7 +30,8 @@ class SqliteStore:
         self._events = SqliteEventStore(self._db, self._claims)
         self._deliveries = SqliteDeliveryStore(self._db)
         self._usage = SqliteUsageStore(self._db)
-        self._audit = SqliteAuditStore(self._db)
+        self._audit_db = open_audit(path)
+        self._audit = SqliteAuditStore(self._audit_db, self._db)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -68,4 +70,5 @@ class SqliteStore:
 
     async def aclose(self) -> None:
         await self._claims.aclose()
+        await self._audit_db.aclose()
         await self._db.aclose()
