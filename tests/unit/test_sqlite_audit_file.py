@@ -3,7 +3,8 @@ existed, or by a release rolled back to, has its chain copied there when the sto
 (left in place for that release), and the chain still verifies.
 
 The older layout is made as the older release made it: the chain in the store file's
-`audit` and `audit_anchor` tables (which the schema still creates).
+`audit` and `audit_anchor` tables (the same tables as the audit file's; the current
+schema no longer creates them in the store file).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from tidegate.ids import now_ms
 from tidegate.security.audit import AuditEntry, verify
 from tidegate.store.rows import AUDIT_COLUMNS
-from tidegate.store.sqlite.audit import audit_path, copy_from_store
+from tidegate.store.sqlite.audit import SCHEMA, audit_path, copy_from_store
 from tidegate.store.sqlite.store import SqliteStore
 
 
@@ -49,6 +50,7 @@ def _as_older_release(store: Path) -> list[tuple[object, ...]]:
     chain = _rows(audit_path(store), _CHAIN)
     anchor = _rows(audit_path(store), "SELECT id, seq, hash FROM audit_anchor")
     with closing(sqlite3.connect(store)) as conn, conn:
+        conn.executescript(SCHEMA)
         conn.executemany(_INSERT, chain)
         conn.executemany("INSERT INTO audit_anchor (id, seq, hash) VALUES (?, ?, ?)", anchor)
     for suffix in ("", "-wal", "-shm"):
@@ -104,6 +106,7 @@ async def test_rows_an_older_release_wrote_after_this_one_are_appended_to_the_ch
     await store.aclose()
     # Rolled back: the older release starts its own chain in the store file.
     with closing(sqlite3.connect(path)) as conn, conn:
+        conn.executescript(SCHEMA)
         conn.execute(
             f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES"  # noqa: S608
             " (1, 5, 'ten_a', 'bob', NULL, NULL, 'events.get', NULL, 'success', NULL, NULL,"

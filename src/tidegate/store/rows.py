@@ -30,7 +30,7 @@ from tidegate.model import (
     TenantId,
     TransferConsent,
 )
-from tidegate.security.audit import AuditEntry, AuditRecord
+from tidegate.security.audit import GENESIS, AuditEntry, AuditRecord, chain_hash
 from tidegate.store.base import StoredEvent
 
 CONSENT_COLUMNS = "tenant_id, region, reference, recorded_by, recorded_at_ms"
@@ -45,6 +45,21 @@ def audit_values(e: AuditEntry) -> tuple[object, ...]:
         e.at_ms, e.tenant_id, e.actor, e.client_id, e.source_ip, e.action, e.resource,
         e.outcome, e.request_id, e.detail,
     )  # fmt: skip
+
+
+def audit_rows(
+    tip: tuple[int, str] | None, entries: Sequence[AuditEntry]
+) -> list[tuple[object, ...]]:
+    """The audit rows (AUDIT_COLUMNS) that chain `entries` onto the chain's last (seq,
+    hash), or onto its start when it has none."""
+    seq, prev = tip or (0, GENESIS)
+    rows = []
+    for entry in entries:
+        seq += 1
+        digest = chain_hash(prev, seq, entry)
+        rows.append((seq, *audit_values(entry), prev, digest))
+        prev = digest
+    return rows
 
 
 def audit_record(row: Sequence[Any]) -> AuditRecord:

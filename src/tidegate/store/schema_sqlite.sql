@@ -121,30 +121,7 @@ CREATE TABLE IF NOT EXISTS usage (
     value     INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, hour_ms, meter)
 ) WITHOUT ROWID;
--- The audit chain lives in its own file (store/sqlite/audit.py). These two tables stay,
--- copied from at each open and left in place, so a release rolled back to finds its chain.
-CREATE TABLE IF NOT EXISTS audit (
-    seq        INTEGER PRIMARY KEY,
-    at_ms      INTEGER NOT NULL,
-    tenant_id  TEXT,
-    actor      TEXT NOT NULL,
-    client_id  TEXT,
-    source_ip  TEXT,
-    action     TEXT NOT NULL,
-    resource   TEXT,
-    outcome    TEXT NOT NULL,
-    request_id TEXT,
-    detail     TEXT,
-    prev_hash  TEXT NOT NULL,
-    hash       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_tenant ON audit (tenant_id, seq);
-CREATE INDEX IF NOT EXISTS audit_time ON audit (at_ms);
-CREATE TABLE IF NOT EXISTS audit_anchor (
-    id   INTEGER PRIMARY KEY CHECK (id = 1),
-    seq  INTEGER NOT NULL,
-    hash TEXT NOT NULL
-);
+-- The audit chain: its own file, store/sqlite/audit.py (older files keep theirs here).
 CREATE TABLE IF NOT EXISTS transfer_consents (
     tenant_id      TEXT NOT NULL REFERENCES tenants (id),
     region         TEXT NOT NULL,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tidegate.security.audit import GENESIS, AuditEntry, AuditRecord, chain_hash
+from tidegate.security.audit import GENESIS, AuditEntry, AuditRecord
 from tidegate.store.postgres.database import PostgresDatabase, params
-from tidegate.store.rows import AUDIT_COLUMNS, audit_record, audit_values
+from tidegate.store.rows import AUDIT_COLUMNS, audit_record, audit_rows
 
 
 class PostgresAuditStore:
@@ -25,13 +25,7 @@ class PostgresAuditStore:
             if row is None:
                 cur = await conn.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1")
                 row = await cur.fetchone()
-            seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
-            rows = []
-            for entry in entries:
-                seq += 1
-                digest = chain_hash(prev, seq, entry)
-                rows.append((seq, *audit_values(entry), prev, digest))
-                prev = digest
+            rows = audit_rows((int(row[0]), str(row[1])) if row else None, entries)
             await conn.cursor().executemany(
                 f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({params(13)})", rows
             )

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tidegate.embedded import EmbeddedDatabase, connect
-from tidegate.security.audit import GENESIS, AuditEntry, AuditRecord, chain_hash
-from tidegate.store.rows import AUDIT_COLUMNS, audit_record, audit_values
+from tidegate.security.audit import GENESIS, AuditEntry, AuditRecord
+from tidegate.store.rows import AUDIT_COLUMNS, audit_record, audit_rows
 from tidegate.store.sqlite.database import placeholders
 
 SCHEMA = """
@@ -146,13 +146,7 @@ def _tip(c: sqlite3.Connection) -> tuple[int, str] | None:
 
 
 def _append(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
-    seq, prev = _tip(c) or (0, GENESIS)
-    rows = []
-    for entry in entries:
-        seq += 1
-        digest = chain_hash(prev, seq, entry)
-        rows.append((seq, *audit_values(entry), prev, digest))
-        prev = digest
+    rows = audit_rows(_tip(c), entries)
     c.executemany(f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({placeholders(13)})", rows)
 
 
