@@ -128,7 +128,7 @@ def _store_chain(
                 (after,),
             ).fetchall()
             anchor = source.execute("SELECT seq, hash FROM audit_anchor WHERE id = 1").fetchone()
-        except sqlite3.OperationalError:  # a file from before the audit chain existed
+        except sqlite3.OperationalError:  # no audit tables: a file made since, or long before
             return [], None
         finally:
             source.execute("ROLLBACK")
