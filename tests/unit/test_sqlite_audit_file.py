@@ -134,6 +134,8 @@ async def test_two_processes_opening_at_once_copy_each_row_once(tmp_path: Path) 
     await store.audit.append_audit([_entry("events.list"), _entry("events.get")])
     await store.aclose()
     chain = _as_older_release(path)
+    with closing(sqlite3.connect(audit_path(path))) as conn:
+        conn.executescript(SCHEMA)  # as open_audit makes it before copying
 
     copied = await asyncio.gather(
         *(asyncio.to_thread(copy_from_store, path, audit_path(path)) for _ in range(4))

@@ -79,9 +79,8 @@ def copy_from_store(store: Path, path: Path) -> int:
     their order, their times and contents kept. `audit_taken` records the store file's
     last row taken, in the same transaction, under the audit file's write lock, so two
     processes opening at once copy each row once, and a crash copies none or all."""
-    target = connect(path)
+    target = connect(path)  # made by open_audit: an EmbeddedDatabase runs SCHEMA
     try:
-        target.executescript(SCHEMA)
         target.execute("BEGIN IMMEDIATE")
         try:
             taken = target.execute("SELECT seq FROM audit_taken WHERE id = 1").fetchone()
