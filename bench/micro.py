@@ -22,6 +22,11 @@ as CPU seconds of all its threads per unit of work. Single runs still differ by 
          tenant with one webhook destination, then the worker role (router, dispatcher,
          store writer, aiohttp) started on them and timed until the webhook receiver
          (bench/receiver.py, its own process) has every one: CPU per delivered event.
+  redeliver  the store's path: N events routed to a tenant without destinations, then
+         one webhook destination created and every event replayed to it, and the worker
+         started and timed until the receiver has every one: CPU per delivered event
+         when each delivery is claimed from the store and its event read back (retries,
+         replays, recovery of a backlog), not handed over by the router.
 
 Each runs --repeats times (5) in a fresh temporary data dir; the median is the figure.
 Compare a change against its parent back to back (`git stash`, or a worktree of the
@@ -296,9 +301,50 @@ async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -
     return spent / expected * 1e6
 
 
+async def redeliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -> float:
+    """µs of CPU (all threads of this process) per event the worker claims from the store
+    and delivers (a replay of events already routed)."""
+    await route_cpu_per_event(data_dir, events, concurrency)
+    expected = max(1, events // 100 // concurrency) * concurrency * 100
+    port = free_port()
+    receiver = receiver_service(port, data_dir).start()
+    try:
+        await asyncio.to_thread(receiver.wait_ready)
+        runtime = open_runtime(_settings(data_dir, "worker"))
+        session = aiohttp.ClientSession()
+        try:
+            tenant = (await runtime.store.tenants.list_tenants())[0]
+            url = f"http://127.0.0.1:{port}/hook"
+            destination, _secret = await admin.create_destination(runtime, tenant.id, url=url)
+            replayed = await runtime.store.deliveries.replay_events(
+                tenant.id, destination_ids=[destination.id], now_ms=now_ms()
+            )
+            if replayed != expected:
+                raise RuntimeError(f"replayed {replayed} events, expected {expected}")
+            worker = Worker(runtime)
+            started = time.process_time()
+            worker.start()
+            try:
+                while True:
+                    await asyncio.sleep(0.1)
+                    async with session.get(receiver.base + "/stats") as response:
+                        delivered = int((await response.json())["unique"])
+                    if delivered >= expected:
+                        break
+                spent = time.process_time() - started
+            finally:
+                await worker.stop()
+        finally:
+            await session.close()
+            await runtime.aclose()
+    finally:
+        receiver.stop()
+    return spent / expected * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("api", "batch", "store", "route", "deliver"))
+    parser.add_argument("part", choices=("api", "batch", "store", "route", "deliver", "redeliver"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--requests", type=int, default=20_000, help="api: requests measured; batch: events"
@@ -306,7 +352,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="api: concurrent senders")
     parser.add_argument("--prefill", type=int, default=200_000, help="store: events before")
     parser.add_argument(
-        "--events", type=int, default=40_000, help="store, route, deliver: events measured"
+        "--events",
+        type=int,
+        default=40_000,
+        help="store, route, deliver, redeliver: events measured",
     )
     parser.add_argument("--batch", type=int, default=150, help="store: events per round trip")
     args = parser.parse_args()
@@ -330,6 +379,11 @@ def main() -> int:
             elif args.part == "route":
                 figure = run_async(route_cpu_per_event(Path(tmp), args.events, args.concurrency))
                 unit = "µs of CPU per routed event"
+            elif args.part == "redeliver":
+                figure = run_async(
+                    redeliver_cpu_per_event(Path(tmp), args.events, args.concurrency)
+                )
+                unit = "µs of CPU per event claimed from the store and delivered"
             else:
                 figure = run_async(deliver_cpu_per_event(Path(tmp), args.events, args.concurrency))
                 unit = "µs of CPU per delivered event"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -529,6 +529,30 @@ class Dispatcher:
         task = asyncio.create_task(close())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def load_bodies(self, deliveries: Sequence[Delivery]) -> dict[EventId, Loaded]:
+        """The decrypted events of claimed deliveries, read from the store in one query per
+        tenant (retries, replays, a backlog's recovery) rather than one per delivery. An
+        event missing here is looked up again at its attempt, which ends the delivery if
+        it is gone."""
+        wanted: dict[TenantId, set[EventId]] = defaultdict(set)
+        for delivery in deliveries:
+            wanted[delivery.tenant_id].add(delivery.event_id)
+        loaded: dict[EventId, Loaded] = {}
+        for tenant_id, event_ids in wanted.items():
+            for stored in await self._rt.store.events.get_events(tenant_id, list(event_ids)):
+                event_id = stored.meta.id
+                try:
+                    plain = await self._rt.envelope.decrypt(
+                        tenant_id, stored.ciphertext, event_id.encode()
+                    )
+                    body = _decode_body(plain)
+                except DecryptionFailed:
+                    continue  # the attempt's own lookup logs it and ends the delivery
+                loaded[event_id] = Loaded(
+                    body=body, kind=stored.meta.kind, received_at_ms=stored.meta.received_at_ms
+                )
+        return loaded
 
     async def _load_body(self, tenant_id: TenantId, event_id: EventId) -> Loaded | None:
         stored = await self._rt.store.events.get_event(tenant_id, event_id)

@@ -72,7 +72,7 @@ class Worker:
             )
             fresh = [d for d in due if not self.dispatcher.is_known(d.id)]
             if fresh:
-                self.dispatcher.submit(fresh)
+                self.dispatcher.submit(fresh, await self.dispatcher.load_bodies(fresh))
             if len(due) == _CLAIM_LIMIT:
                 continue
             next_due = await deliveries.next_due_ms(full)

@@ -175,6 +175,40 @@ def test_replay_event_and_range_send_again_with_new_ids(
     wait_until(lambda: len(receiver.at(path)) == 3, timeout=10)
 
 
+def test_replays_of_two_tenants_each_carry_their_own_events(
+    tidegate: Tidegate, receiver: Receiver
+) -> None:
+    """Replayed deliveries are claimed from the store, their events read back together
+    (one query per tenant, `Dispatcher.load_bodies`): each arrives with its own event's
+    body, signed with its own tenant's secret."""
+    tenants = [tidegate.tenant(), tidegate.tenant()]
+    paths = [_path(), _path()]
+    secrets = []
+    for t, path in zip(tenants, paths, strict=True):
+        secrets.append(t.destination(receiver.on(path, 200))["secret"])
+        for n in range(5):
+            assert t.track(f"{t.id}-{n}", properties={"n": n}).status_code == 200
+    for path in paths:
+        wait_until(lambda p=path: len(receiver.at(p)) == 5)
+    for t in tenants:
+        (destination,) = t.get("/v1/destinations").json()
+        replay = t.call("POST", f"/v1/destinations/{destination['id']}/replay", {"since": "0"})
+        assert replay.status_code == 202 and replay.json() == {"replayed": 5}, replay.text
+    for t, path, secret in zip(tenants, paths, secrets, strict=True):
+        got = wait_until(lambda p=path: len(receiver.at(p)) == 10 and receiver.at(p), timeout=15)
+        first, replayed = got[:5], got[5:]
+        assert not {g.headers["webhook-id"] for g in first} & {
+            g.headers["webhook-id"] for g in replayed
+        }
+        assert {g.headers["content-type"] for g in replayed} == {"application/json"}
+        bodies = [Webhook(secret).verify(g.body, g.headers) for g in replayed]
+        assert sorted((b["event"], b["properties"]["n"]) for b in bodies) == [
+            (f"{t.id}-{n}", n) for n in range(5)
+        ]
+        originals = {b["messageId"]: b for b in (json.loads(g.body) for g in first)}
+        assert all(originals[b["messageId"]] == b for b in bodies)
+
+
 def test_hanging_destination_does_not_delay_a_healthy_one(
     tidegate: Tidegate, receiver: Receiver
 ) -> None:
