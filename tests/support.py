@@ -63,8 +63,9 @@ class Received:
 class Receiver:
     """A real HTTP server that records webhook deliveries.
 
-    Behaviour per path: a list of statuses to answer in turn (the last repeats), or
-    "hang" to hold the request until the receiver stops.
+    Behaviour per path: a list of statuses to answer in turn (the last repeats),
+    "hang" to hold the request until the receiver stops, or "slow:S" to answer 200
+    after S seconds.
     """
 
     behaviour: dict[str, list[int | str]] = field(default_factory=dict)
@@ -97,6 +98,9 @@ class Receiver:
                 if action == "hang":
                     receiver._stop.wait(60)
                     return
+                if isinstance(action, str) and action.startswith("slow:"):
+                    receiver._stop.wait(float(action.removeprefix("slow:")))
+                    action = 200
                 status = int(action)
                 self.send_response(status)
                 for k, v in receiver.headers_out.get(path, {}).items():

@@ -70,6 +70,11 @@ ROUTED = Counter(
 REJECTED = Counter("tidegate_requests_rejected_total", "Ingest requests refused", ["code"])
 ATTEMPTS = Counter("tidegate_delivery_attempts_total", "Delivery attempts", ["outcome"])
 DEAD_LETTERS = Counter("tidegate_dead_letters_total", "Deliveries that exhausted the schedule")
+SPILLED = Counter(
+    "tidegate_deliveries_spilled_total",
+    "Deliveries handed back to the store because their destination's lane was full (or"
+    " was being refilled from the store): they are sent from there, oldest first",
+)
 LATENCY = Histogram(
     "tidegate_ingest_to_attempt_seconds",
     "From receivedAt to the start of the first delivery attempt",

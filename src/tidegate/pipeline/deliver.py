@@ -54,9 +54,9 @@ _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 _encode_json = msgspec.json.Encoder().encode
 _DESTINATION_TTL_S = 2.0
 _MAX_LANE_BACKLOG = 10_000
-# The scheduler claims no retries for a lane holding more than this: a lane that full
-# would hand them straight back, and claiming them again and again while it stays full
-# is store work taken from delivery.
+# The scheduler claims nothing for a lane holding more than this: a lane that full would
+# hand claims straight back, and claiming them again and again while it stays full is
+# store work taken from delivery.
 _CLAIMABLE_BACKLOG = _MAX_LANE_BACKLOG // 2
 _OUTCOME_LINGER_S = 0.005
 # Outcomes waiting for the store beyond which an attempt keeps its lane slot until its own
@@ -96,7 +96,16 @@ class Loaded(msgspec.Struct, frozen=True):
 class Lane:
     """One destination's queue and in-flight count."""
 
-    __slots__ = ("backlog", "breaker", "cap", "in_flight", "is_closed_to_claims")
+    __slots__ = (
+        "backlog",
+        "breaker",
+        "cap",
+        "handing_back",
+        "in_flight",
+        "is_closed_to_claims",
+        "spilled",
+        "spilling",
+    )
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self.backlog: deque[tuple[Delivery, Loaded | None]] = deque()
@@ -107,6 +116,13 @@ class Lane:
         self.cap: int | None = None
         # Over _CLAIMABLE_BACKLOG when last looked at: the scheduler leaves it out.
         self.is_closed_to_claims = False
+        # Since its backlog overflowed into the store: the router's new deliveries follow
+        # the overflow there, and the lane is refilled from the store, oldest first, until
+        # a claim finds none left (`Dispatcher.claimed_all`). Otherwise new deliveries
+        # would keep a full lane full and the overflow would wait for the load to drop.
+        self.spilling = False
+        self.spilled = 0  # hand-backs so far
+        self.handing_back = 0  # hand-backs not yet committed by the store
 
 
 LoaderFactory = Callable[[Destination, str], Loader]
@@ -192,23 +208,54 @@ class Dispatcher:
                 full.append(destination_id)
         return full
 
+    def spill_marks(self) -> dict[DestinationId, int]:
+        """Before a claim: the spilling lanes whose hand-backs are all in the store (so the
+        claim can see them), each with its count of hand-backs so far."""
+        return {
+            destination_id: lane.spilled
+            for destination_id, lane in self._lanes.items()
+            if lane.spilling and not lane.handing_back
+        }
+
+    def claimed_all(
+        self, marks: dict[DestinationId, int], exclude: Iterable[DestinationId]
+    ) -> None:
+        """The scheduler's last claim, made after `marks` was taken, took every due
+        delivery of the lanes not in `exclude`: a lane marked then, and that has handed
+        nothing back since, has nothing left in the store and takes the router's
+        deliveries again."""
+        left_out = set(exclude)
+        for destination_id, spilled in marks.items():
+            lane = self._lanes.get(destination_id)
+            if lane is not None and lane.spilled == spilled and destination_id not in left_out:
+                lane.spilling = False
+
     def submit(
-        self, deliveries: Iterable[Delivery], plaintext: dict[EventId, Loaded] | None = None
+        self,
+        deliveries: Iterable[Delivery],
+        plaintext: dict[EventId, Loaded] | None = None,
+        *,
+        claimed: bool = False,
     ) -> None:
         """Queue deliveries (already leased to this worker) on their lanes.
 
         `plaintext` holds the decrypted events the router already has, so the first
         attempt reads nothing back from the store. A lane over its backlog cap hands
-        the overflow back to the store, due a second later.
+        the overflow back to the store, due at once; until the store has none of that
+        lane's due deliveries left, the router's new ones (not `claimed`) follow them
+        there, so the lane's deliveries go out oldest first.
         """
         overflow: list[DeliveryId] = []
+        overflowed: dict[DestinationId, Lane] = {}
         touched: dict[DestinationId, Lane] = {}
         for delivery in deliveries:
             if self._stopping or delivery.id in self._known:
                 continue
             lane = self._lane(delivery.destination_id)
-            if len(lane.backlog) >= _MAX_LANE_BACKLOG:
+            if len(lane.backlog) >= _MAX_LANE_BACKLOG or (lane.spilling and not claimed):
+                lane.spilling = True
                 overflow.append(delivery.id)
+                overflowed[delivery.destination_id] = lane
                 continue
             self._known.add(delivery.id)
             body = plaintext.get(delivery.event_id) if plaintext else None
@@ -217,17 +264,27 @@ class Dispatcher:
         for lane in touched.values():
             self._pump(lane)
         if overflow:
-            task = asyncio.create_task(self._hand_back(overflow))
+            lanes = list(overflowed.values())
+            for lane in lanes:
+                lane.spilled += 1
+                lane.handing_back += 1
+            task = asyncio.create_task(self._hand_back(overflow, lanes))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _hand_back(self, overflow: list[DeliveryId]) -> None:
-        """Make lane overflow due again a second from now; if the store refuses, the
-        deliveries stay leased to this worker and come back when the lease lapses."""
+    async def _hand_back(self, overflow: list[DeliveryId], lanes: list[Lane]) -> None:
+        """Make lane overflow due again now, behind what was handed back before it (the
+        scheduler claims the earliest due first, and leaves out lanes too full to take
+        them); if the store refuses, the deliveries stay leased to this worker and come
+        back when the lease lapses."""
+        telemetry.SPILLED.inc(len(overflow))
         try:
-            await self._rt.store.deliveries.defer(overflow, now_ms() + 1000)
+            await self._rt.store.deliveries.defer(overflow, now_ms())
         except BackendUnavailable as exc:
             log.warning("dispatcher.hand_back_failed", deliveries=len(overflow), error=exc.detail)
+        finally:
+            for lane in lanes:
+                lane.handing_back -= 1
 
     def _lane(self, destination_id: DestinationId) -> Lane:
         lane = self._lanes.get(destination_id)

@@ -64,6 +64,7 @@ class Worker:
         while True:
             now = now_ms()
             full = self.dispatcher.full_destinations()
+            marks = self.dispatcher.spill_marks()
             due = await deliveries.claim_due(
                 now_ms=now,
                 lease_ms=lease_ms(self._rt.settings.delivery_timeout_s),
@@ -72,9 +73,11 @@ class Worker:
             )
             fresh = [d for d in due if not self.dispatcher.is_known(d.id)]
             if fresh:
-                self.dispatcher.submit(fresh, await self.dispatcher.load_bodies(fresh))
+                bodies = await self.dispatcher.load_bodies(fresh)
+                self.dispatcher.submit(fresh, bodies, claimed=True)
             if len(due) == _CLAIM_LIMIT:
                 continue
+            self.dispatcher.claimed_all(marks, exclude=full)
             next_due = await deliveries.next_due_ms(full)
             wait_s = (
                 _SCAN_S
