@@ -27,10 +27,10 @@ from tidegate.pipeline.runner import Worker
 from tidegate.runtime import open_runtime
 from tidegate.store import DeliveryQuery
 
-EVENTS = 300
+EVENTS = 200
 LANE_CAP = 20
-SEND_INTERVAL_S = 0.003  # about 330 events/s offered
-RESPONSE_DELAY_S = 0.01  # two connections: at most about 200 deliveries/s
+SEND_INTERVAL_S = 0.003  # at most about 330 events/s offered
+RESPONSE_DELAY_S = 0.04  # two connections: at most 50 deliveries/s, whatever the machine
 
 
 async def test_an_overflowing_lane_still_delivers_oldest_first(
@@ -67,7 +67,6 @@ async def test_an_overflowing_lane_still_delivers_oldest_first(
         while len(receiver.at(path)) < EVENTS and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         got = receiver.at(path)
-        print(f"delivered {len(got)} in {time.monotonic() - sent:.2f} s after sending")
         order = [json.loads(r.body)["properties"]["n"] for r in got]
         assert sorted(order) == list(range(EVENTS))
         assert len({r.headers["webhook-id"] for r in got}) == EVENTS
@@ -75,8 +74,7 @@ async def test_an_overflowing_lane_still_delivers_oldest_first(
         assert telemetry.SPILLED._value.get() > spilled_before
         # ... and yet no event was overtaken by many sent after it: the lane's backlog,
         # the two in flight and a router batch at most. Before, the overflow waited in
-        # the store until the events stopped coming: about 200 overtook the first one
-        # handed back.
+        # the store until the events stopped coming, overtaken by most of what followed.
         newest = -1
         overtaken = 0
         for n in order:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tidegate.cli.common import load_settings
+from tidegate.errors import BackendUnavailable
 from tidegate.ids import new_delivery_id, new_event_id, now_ms
 from tidegate.model import Delivery, DeliveryStatus, DestinationId, TenantId
 from tidegate.pipeline import deliver
@@ -87,4 +88,22 @@ async def test_a_spilling_lane_takes_router_deliveries_again_only_when_the_store
         assert dispatcher.is_known(routed.id) and lane.spilled == 2
     finally:
         await dispatcher.drain(1)
+        await rt.aclose()
+
+
+async def test_claimed_deliveries_whose_events_cannot_be_read_are_left_to_their_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`load_bodies` reads what it can; a tenant whose read fails is skipped (each of its
+    deliveries reads its event again at its attempt), not the whole claim lost."""
+    rt = open_runtime(load_settings(data_dir=tmp_path / "data", region="eu"))
+    dispatcher = Dispatcher(rt, sender=None, on_recovered=lambda: None)  # type: ignore[arg-type]
+
+    async def refuse(tenant_id: TenantId, event_ids: object) -> list[object]:
+        raise BackendUnavailable("the store is away")
+
+    try:
+        monkeypatch.setattr(rt.store.events, "get_events", refuse)
+        assert await dispatcher.load_bodies([_delivery(), _delivery()]) == {}
+    finally:
         await rt.aclose()

@@ -47,7 +47,7 @@ from tidegate.pipeline.retry import RetrySchedule
 from tidegate.pipeline.transform import Transform
 from tidegate.runtime import Runtime
 from tidegate.settings import Settings
-from tidegate.store import AttemptResult
+from tidegate.store import AttemptResult, StoredEvent
 
 log = structlog.get_logger(__name__)
 _decode_body = msgspec.msgpack.Decoder(EventBody).decode
@@ -590,31 +590,30 @@ class Dispatcher:
     async def load_bodies(self, deliveries: Sequence[Delivery]) -> dict[EventId, Loaded]:
         """The decrypted events of claimed deliveries, read from the store in one query per
         tenant (retries, replays, a backlog's recovery) rather than one per delivery. An
-        event missing here is looked up again at its attempt, which ends the delivery if
-        it is gone."""
+        event missing here (gone, undecryptable, or the store did not answer) is looked
+        up again at its attempt, which ends the delivery if it is gone."""
         wanted: dict[TenantId, set[EventId]] = defaultdict(set)
         for delivery in deliveries:
             wanted[delivery.tenant_id].add(delivery.event_id)
         loaded: dict[EventId, Loaded] = {}
         for tenant_id, event_ids in wanted.items():
-            for stored in await self._rt.store.events.get_events(tenant_id, list(event_ids)):
-                event_id = stored.meta.id
-                try:
-                    plain = await self._rt.envelope.decrypt(
-                        tenant_id, stored.ciphertext, event_id.encode()
-                    )
-                    body = _decode_body(plain)
-                except DecryptionFailed:
-                    continue  # the attempt's own lookup logs it and ends the delivery
-                loaded[event_id] = Loaded(
-                    body=body, kind=stored.meta.kind, received_at_ms=stored.meta.received_at_ms
-                )
+            try:
+                found = await self._rt.store.events.get_events(tenant_id, list(event_ids))
+            except BackendUnavailable as exc:
+                log.warning("dispatcher.load_failed", events=len(event_ids), error=exc.detail)
+                continue
+            for stored in found:
+                opened = await self._open(tenant_id, stored)
+                if opened is not None:
+                    loaded[stored.meta.id] = opened
         return loaded
 
     async def _load_body(self, tenant_id: TenantId, event_id: EventId) -> Loaded | None:
         stored = await self._rt.store.events.get_event(tenant_id, event_id)
-        if stored is None:
-            return None
+        return None if stored is None else await self._open(tenant_id, stored)
+
+    async def _open(self, tenant_id: TenantId, stored: StoredEvent) -> Loaded | None:
+        event_id = stored.meta.id
         try:
             plain = await self._rt.envelope.decrypt(tenant_id, stored.ciphertext, event_id.encode())
             body = _decode_body(plain)
