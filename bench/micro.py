@@ -280,25 +280,32 @@ async def deliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -
             await runtime.aclose()
         expected = events // concurrency * concurrency
         runtime = open_runtime(_settings(data_dir, "worker"))
-        worker = Worker(runtime)
-        session = aiohttp.ClientSession()
         try:
-            started = time.process_time()
-            worker.start()
-            while True:
-                await asyncio.sleep(0.1)
-                async with session.get(receiver.base + "/stats") as response:
-                    delivered = int((await response.json())["unique"])
-                if delivered >= expected:
-                    break
-            spent = time.process_time() - started
+            spent = await _cpu_until_delivered(runtime, receiver.base, expected)
         finally:
-            await session.close()
-            await worker.stop()
             await runtime.aclose()
     finally:
         receiver.stop()
     return spent / expected * 1e6
+
+
+async def _cpu_until_delivered(runtime: Runtime, receiver_base: str, expected: int) -> float:
+    """Start the worker role; CPU seconds (all threads) until the receiver has `expected`
+    unique deliveries."""
+    worker = Worker(runtime)
+    session = aiohttp.ClientSession()
+    try:
+        started = time.process_time()
+        worker.start()
+        while True:
+            await asyncio.sleep(0.1)
+            async with session.get(receiver_base + "/stats") as response:
+                delivered = int((await response.json())["unique"])
+            if delivered >= expected:
+                return time.process_time() - started
+    finally:
+        await session.close()
+        await worker.stop()
 
 
 async def redeliver_cpu_per_event(data_dir: Path, events: int, concurrency: int) -> float:
@@ -311,7 +318,6 @@ async def redeliver_cpu_per_event(data_dir: Path, events: int, concurrency: int)
     try:
         await asyncio.to_thread(receiver.wait_ready)
         runtime = open_runtime(_settings(data_dir, "worker"))
-        session = aiohttp.ClientSession()
         try:
             tenant = (await runtime.store.tenants.list_tenants())[0]
             url = f"http://127.0.0.1:{port}/hook"
@@ -321,21 +327,8 @@ async def redeliver_cpu_per_event(data_dir: Path, events: int, concurrency: int)
             )
             if replayed != expected:
                 raise RuntimeError(f"replayed {replayed} events, expected {expected}")
-            worker = Worker(runtime)
-            started = time.process_time()
-            worker.start()
-            try:
-                while True:
-                    await asyncio.sleep(0.1)
-                    async with session.get(receiver.base + "/stats") as response:
-                        delivered = int((await response.json())["unique"])
-                    if delivered >= expected:
-                        break
-                spent = time.process_time() - started
-            finally:
-                await worker.stop()
+            spent = await _cpu_until_delivered(runtime, receiver.base, expected)
         finally:
-            await session.close()
             await runtime.aclose()
     finally:
         receiver.stop()

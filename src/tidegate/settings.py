@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     destination_concurrency: int = Field(
         default=16, ge=1, description="Deliveries in flight per destination."
     )
+    lane_backlog: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Deliveries queued in memory per destination; beyond that they wait in"
+        " the store, and the destination's deliveries go out from there, oldest first.",
+    )
     snowflake_batch_rows: int = Field(
         default=500, ge=1, le=100_000, description="Rows per Snowflake load batch (at most)."
     )

@@ -14,7 +14,6 @@ from tidegate.cli.common import load_settings
 from tidegate.errors import BackendUnavailable
 from tidegate.ids import new_delivery_id, new_event_id, now_ms
 from tidegate.model import Delivery, DeliveryStatus, DestinationId, TenantId
-from tidegate.pipeline import deliver
 from tidegate.pipeline.deliver import Dispatcher
 from tidegate.runtime import open_runtime
 
@@ -45,10 +44,11 @@ async def _settled(dispatcher: Dispatcher) -> None:
 
 
 async def test_a_spilling_lane_takes_router_deliveries_again_only_when_the_store_has_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(deliver, "_MAX_LANE_BACKLOG", 1)
-    settings = load_settings(data_dir=tmp_path / "data", region="eu", destination_concurrency=1)
+    settings = load_settings(
+        data_dir=tmp_path / "data", region="eu", destination_concurrency=1, lane_backlog=1
+    )
     rt = open_runtime(settings)
     dispatcher = Dispatcher(rt, sender=None, on_recovered=lambda: None)  # type: ignore[arg-type]
     try:

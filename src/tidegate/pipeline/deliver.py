@@ -53,11 +53,6 @@ log = structlog.get_logger(__name__)
 _decode_body = msgspec.msgpack.Decoder(EventBody).decode
 _encode_json = msgspec.json.Encoder().encode
 _DESTINATION_TTL_S = 2.0
-_MAX_LANE_BACKLOG = 10_000
-# The scheduler claims nothing for a lane holding more than this: a lane that full would
-# hand claims straight back, and claiming them again and again while it stays full is
-# store work taken from delivery.
-_CLAIMABLE_BACKLOG = _MAX_LANE_BACKLOG // 2
 _OUTCOME_LINGER_S = 0.005
 # Outcomes waiting for the store beyond which an attempt keeps its lane slot until its own
 # outcome is recorded: attempts then go no faster than the store records them, instead of
@@ -114,7 +109,7 @@ class Lane:
         # In-flight cap when not the per-destination default: a warehouse lane holds a
         # whole batch in flight, since its rows wait together for one load.
         self.cap: int | None = None
-        # Over _CLAIMABLE_BACKLOG when last looked at: the scheduler leaves it out.
+        # Over half its backlog cap when last looked at: the scheduler leaves it out.
         self.is_closed_to_claims = False
         # Since its backlog overflowed into the store: the router's new deliveries follow
         # the overflow there, and the lane is refilled from the store, oldest first, until
@@ -184,6 +179,12 @@ class Dispatcher:
         self._loaders: dict[DestinationId, tuple[Any, str, Loader]] = {}
         self._on_recovered = on_recovered
         self._lanes: dict[DestinationId, Lane] = {}
+        # A lane's backlog cap (TIDEGATE_LANE_BACKLOG), and the most it may hold for the
+        # scheduler to claim for it: a lane fuller than that would hand claims straight
+        # back, and claiming them again and again while it stays full is store work taken
+        # from delivery.
+        self._max_backlog = runtime.settings.lane_backlog
+        self._claimable_backlog = self._max_backlog // 2
         self._destinations: dict[DestinationId, _CachedDestination] = {}
         self._known: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -203,7 +204,7 @@ class Dispatcher:
         backlog cap queued); the scheduler is woken once such a lane drains."""
         full = []
         for destination_id, lane in self._lanes.items():
-            lane.is_closed_to_claims = len(lane.backlog) > _CLAIMABLE_BACKLOG
+            lane.is_closed_to_claims = len(lane.backlog) > self._claimable_backlog
             if lane.is_closed_to_claims:
                 full.append(destination_id)
         return full
@@ -252,7 +253,7 @@ class Dispatcher:
             if self._stopping or delivery.id in self._known:
                 continue
             lane = self._lane(delivery.destination_id)
-            if len(lane.backlog) >= _MAX_LANE_BACKLOG or (lane.spilling and not claimed):
+            if len(lane.backlog) >= self._max_backlog or (lane.spilling and not claimed):
                 lane.spilling = True
                 overflow.append(delivery.id)
                 overflowed[delivery.destination_id] = lane
@@ -308,7 +309,7 @@ class Dispatcher:
             task = asyncio.create_task(self._run(lane, delivery, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if lane.is_closed_to_claims and len(lane.backlog) <= _CLAIMABLE_BACKLOG // 2:
+        if lane.is_closed_to_claims and len(lane.backlog) <= self._claimable_backlog // 2:
             lane.is_closed_to_claims = False
             self._on_recovered()  # the scheduler claims this lane's retries again
 

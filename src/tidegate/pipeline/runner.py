@@ -36,6 +36,9 @@ class Worker:
         self.dispatcher = Dispatcher(runtime, self._sender, on_recovered=self._kick.set)
         self._router = Router(runtime, self.dispatcher)
         self._tasks: list[asyncio.Task[None]] = []
+        # A claim brings at most a quarter of a lane's backlog cap: one into a lane at the
+        # most the scheduler claims for (half) cannot overflow it.
+        self._claim_limit = min(_CLAIM_LIMIT, max(1, runtime.settings.lane_backlog // 4))
 
     def start(self) -> None:
         self._tasks = [
@@ -68,14 +71,14 @@ class Worker:
             due = await deliveries.claim_due(
                 now_ms=now,
                 lease_ms=lease_ms(self._rt.settings.delivery_timeout_s),
-                limit=_CLAIM_LIMIT,
+                limit=self._claim_limit,
                 exclude=full,
             )
             fresh = [d for d in due if not self.dispatcher.is_known(d.id)]
             if fresh:
                 bodies = await self.dispatcher.load_bodies(fresh)
                 self.dispatcher.submit(fresh, bodies, claimed=True)
-            if len(due) == _CLAIM_LIMIT:
+            if len(due) == self._claim_limit:
                 continue
             self.dispatcher.claimed_all(marks, exclude=full)
             next_due = await deliveries.next_due_ms(full)
