@@ -229,9 +229,10 @@ class Engine:
     def env(self) -> dict[str, str]:
         return {**self.store.env, **self.log.env}
 
-    def tidegate(self, *, region: str = "eu") -> Tidegate:
-        """A server on this engine (not started); killed at teardown if still running."""
-        tg = Tidegate(self.data_dir, region=region, extra_env=self.env)
+    def tidegate(self, *, region: str = "eu", env: dict[str, str] | None = None) -> Tidegate:
+        """A server on this engine (not started), with `env` added to its environment;
+        killed at teardown if still running."""
+        tg = Tidegate(self.data_dir, region=region, extra_env={**self.env, **(env or {})})
         self.servers.append(tg)
         return tg
 

@@ -1,19 +1,19 @@
 """A destination slower than its events arrive: its lane overflows into the store, and the
 deliveries still go out oldest first (pipeline/deliver.py, `Lane.spilling`).
 
-A real server with a lane of 20 (`TIDEGATE_LANE_BACKLOG`) and two attempts in flight per
-destination, a receiver that answers after 40 ms (so at most 50 deliveries a second), and
-events sent one after another over HTTP, faster than that.
+A real server on each engine combination, with a lane of 20 (`TIDEGATE_LANE_BACKLOG`) and
+two attempts in flight per destination, a receiver that answers after 40 ms (so at most 50
+deliveries a second), and events sent one after another over HTTP, faster than that.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import requests
 
+from tests.engine_combos import Engine
 from tests.support import Receiver, Tidegate, wait_until
 
 EVENTS = 200
@@ -29,14 +29,13 @@ def _spilled(tg: Tidegate) -> float:
 
 
 def test_an_overflowing_lane_still_delivers_oldest_first(
-    fresh_dir: Path, receiver: Receiver
+    engine: Engine, receiver: Receiver
 ) -> None:
-    tg = Tidegate(
-        fresh_dir,
-        extra_env={
+    tg = engine.tidegate(
+        env={
             "TIDEGATE_LANE_BACKLOG": str(LANE_BACKLOG),
             "TIDEGATE_DESTINATION_CONCURRENCY": "2",
-        },
+        }
     ).start()
     try:
         t = tg.tenant()
