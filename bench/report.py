@@ -576,7 +576,14 @@ def _ledger_line(label: str, w: dict[str, Any]) -> str:
         f" {_n(verdict['last_slice_p50_ms'])} ms in the last). Generator: dispatch lag p99"
         f" {_n(w['dispatch_lag_ms'].get('p99'), 1)} ms, max"
         f" {_n(w['dispatch_lag_ms'].get('max'), 1)} ms; at most {_n(w['peak_in_flight'])}"
-        f" requests in flight (cap {_n(w['max_in_flight'])})." + late
+        f" requests in flight (cap {_n(w['max_in_flight'])})."
+        + (
+            f" Deliveries the destination's full lane spilled into the store (sent from"
+            f" there, oldest first): {_n(counters['spilled'])}."
+            if "spilled" in counters
+            else ""
+        )
+        + late
     )
 
 

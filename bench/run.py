@@ -801,11 +801,14 @@ async def wait_compact(
 
 def pipeline_counters(delta: dict[str, float]) -> dict[str, int]:
     """Tidegate's own counts over a window: events accepted, attempts by outcome, dead
-    letters, and what that leaves pending (accepted - succeeded - dead letters)."""
-    out: dict[str, int] = {"events_ingested": 0, "dead_letters": 0}
+    letters, deliveries a full lane spilled into the store, and what that leaves pending
+    (accepted - succeeded - dead letters)."""
+    out: dict[str, int] = {"events_ingested": 0, "dead_letters": 0, "spilled": 0}
     for name, value in delta.items():
         if name.startswith("tidegate_events_ingested_total"):
             out["events_ingested"] += int(value)
+        elif name.startswith("tidegate_deliveries_spilled_total"):
+            out["spilled"] += int(value)
         elif name.startswith("tidegate_dead_letters_total"):
             out["dead_letters"] += int(value)
         elif name.startswith("tidegate_delivery_attempts_total") and 'outcome="' in name:
