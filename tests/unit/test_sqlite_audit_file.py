@@ -14,6 +14,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from tidegate.embedded import connect
 from tidegate.ids import now_ms
 from tidegate.security.audit import AuditEntry, verify
 from tidegate.store.rows import AUDIT_COLUMNS
@@ -134,8 +135,8 @@ async def test_two_processes_opening_at_once_copy_each_row_once(tmp_path: Path) 
     await store.audit.append_audit([_entry("events.list"), _entry("events.get")])
     await store.aclose()
     chain = _as_older_release(path)
-    with closing(sqlite3.connect(audit_path(path))) as conn:
-        conn.executescript(SCHEMA)  # as open_audit makes it before copying
+    with closing(connect(audit_path(path))) as conn:
+        conn.executescript(SCHEMA)  # as open_audit makes it before copying (in WAL mode)
 
     copied = await asyncio.gather(
         *(asyncio.to_thread(copy_from_store, path, audit_path(path)) for _ in range(4))
