@@ -48,7 +48,10 @@ def connect(path: Path, *, page_size: int | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     if page_size is not None:
         conn.execute(f"PRAGMA page_size={int(page_size)}")
-    _wal(conn)
+    # Switching a file still in rollback mode takes an exclusive lock SQLite does not wait
+    # for (no busy handler): of several processes (or connections) opening a new file at
+    # once, all but one were refused (5% of 200 runs of four connections at once).
+    _execute_waiting(conn, "PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     # Statement journals (a statement in a group's transaction rewriting pages the
     # transaction already changed) in memory, not in a temporary file opened, written and
@@ -57,22 +60,6 @@ def connect(path: Path, *, page_size: int | None = None) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
-
-
-def _wal(conn: sqlite3.Connection) -> None:
-    """Switch to WAL mode. Switching a file still in rollback mode takes an exclusive lock
-    and SQLite does not wait for it (no busy handler): when several processes (or
-    connections) open a new file at once, all but one are refused, so they try again
-    until it is done (5% of 200 runs of four connections at once were refused once)."""
-    deadline = time.monotonic() + _LOCK_TIMEOUT_S
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
-        time.sleep(_LOCK_POLL_S)
 
 
 class _Job:
@@ -261,21 +248,27 @@ class EmbeddedDatabase:
             conn.close()
 
 
+def _execute_waiting(conn: sqlite3.Connection, sql: str) -> None:
+    """Run `sql`, trying again every half millisecond (for up to 30 s) while another
+    connection holds the lock it needs."""
+    deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(_LOCK_POLL_S)
+
+
 def _begin(conn: sqlite3.Connection) -> None:
     """BEGIN IMMEDIATE, waiting for another process's write lock in steps of half a
     millisecond. SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between
     tries, so a writer behind a busy one (an api process's audit record behind the
     worker's routing, on one store file) waited 38 ms at the 95th percentile of reads
     and over 100 ms at the 99th: each try came after the lock had been taken again."""
-    deadline = time.monotonic() + _LOCK_TIMEOUT_S
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
-        time.sleep(_LOCK_POLL_S)
+    _execute_waiting(conn, "BEGIN IMMEDIATE")
 
 
 def _detached(value: Any) -> Any:
