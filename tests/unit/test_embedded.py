@@ -173,3 +173,62 @@ def test_connections_opening_a_new_file_at_once_all_get_wal_mode(tmp_path: Path)
             conn.executescript(SCHEMA)  # a file in rollback mode, as SQLite makes one
         modes, errors = _open_at_once(path, 4)
         assert errors == [] and modes == ["wal"] * 4, (run, errors, modes)
+
+
+def _counted(calls: list[str], key: str) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        calls.append(key)
+        conn.execute("INSERT INTO t (k, v) VALUES (?, 1)", (key,))
+
+    return run
+
+
+async def _written_apart(db: EmbeddedDatabase, gap_s: float) -> list[str]:
+    """A good write, then `gap_s` later a failing one: the good one runs twice (together,
+    rolled back, then on its own) exactly when the two shared a transaction."""
+    calls: list[str] = []
+    good = asyncio.ensure_future(db.write(_counted(calls, "good")))
+    await asyncio.sleep(gap_s)
+    with pytest.raises(ValueError, match="refused after writing"):
+        await db.write(_fail_after_insert("bad"))
+    await good
+    assert await db.read(_keys) == ["good"]
+    return calls
+
+
+async def test_a_lingering_writer_lets_a_later_write_share_the_commit(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA, linger_s=5.0)
+    try:
+        assert await _written_apart(db, 0.05) == ["good", "good"]
+    finally:
+        await db.aclose()
+
+
+async def test_without_linger_a_later_write_commits_on_its_own(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA)
+    try:
+        assert await _written_apart(db, 0.05) == ["good"]
+    finally:
+        await db.aclose()
+
+
+async def test_a_large_group_commits_without_waiting_out_the_linger(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA, linger_s=600.0)
+    try:
+        # Sixteen queued at once: the group is large enough, and commits at once.
+        await asyncio.wait_for(
+            asyncio.gather(*(db.write(_insert(f"k{i:02}", i)) for i in range(16))), 30
+        )
+        assert len(await db.read(_keys)) == 16
+    finally:
+        await db.aclose()
+
+
+async def test_closing_a_lingering_writer_commits_what_it_holds(tmp_path: Path) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA, linger_s=600.0)
+    pending = asyncio.ensure_future(db.write(_insert("held", 1)))
+    await asyncio.sleep(0.05)  # the writer lingers with it
+    await asyncio.wait_for(db.aclose(), 30)
+    assert await pending == 1
+    with closing(connect(tmp_path / "x.db")) as conn:
+        assert _keys(conn) == ["held"]
