@@ -8,6 +8,7 @@ from tidegate.ids import new_event_id, new_tenant_id, now_ms
 from tidegate.model import (
     Attempt,
     AttemptOutcome,
+    DeliveryId,
     Destination,
     DestinationId,
     DestinationStatus,
@@ -475,6 +476,71 @@ async def test_two_attempts_of_one_delivery_in_one_batch_both_count(store: Store
     assert done.attempts == 2 and done.status.value == "succeeded"
     codes = [a.status_code for a in await store.deliveries.list_attempts(tenant, [done.id])]
     assert sorted(c or 0 for c in codes) == [200, 500]
+
+
+async def test_thousands_at_once_are_each_claimed_deferred_and_recorded(store: Store) -> None:
+    """More rows than one multi-row statement holds, through every step of a delivery."""
+    tenant = await _tenant(store)
+    dest = await _destination(store, tenant)
+    count = 3_000
+    at = now_ms()
+    created = await store.events.record_routed(
+        [
+            RoutedEvent(
+                meta=_event(tenant, b"bulk-%d" % i), ciphertext=b"ct", destination_ids=(dest,)
+            )
+            for i in range(count)
+        ],
+        now_ms=at,
+        dedupe_window_ms=DAY_MS,
+        lease_ms=60_000,
+    )
+    assert len(created) == count
+    await store.deliveries.defer([d.id for d in created], at - 1)  # unleased and due
+    claimed = await store.deliveries.claim_due(now_ms=at, lease_ms=60_000, limit=count)
+    assert {d.id for d in claimed} == {d.id for d in created}
+    # leased now: a second claim finds none
+    assert await store.deliveries.claim_due(now_ms=at, lease_ms=60_000, limit=count) == []
+    half = count // 2
+
+    def result(n: int, delivery_id: DeliveryId) -> AttemptResult:
+        ok = n < half
+        return AttemptResult(
+            attempt=Attempt(
+                id=f"att_bulk_{n}",
+                delivery_id=delivery_id,
+                tenant_id=tenant,
+                started_at_ms=at,
+                duration_ms=1.0,
+                outcome=AttemptOutcome.SUCCEEDED if ok else AttemptOutcome.FAILED,
+                status_code=200 if ok else 503,
+                error=None if ok else "HTTP 503",
+            ),
+            delivery_status="succeeded" if ok else "pending",
+            next_attempt_at_ms=None if ok else at + 1_000 + n,
+            last_error=None if ok else "HTTP 503",
+        )
+
+    await store.deliveries.record_attempts(
+        [result(n, d.id) for n, d in enumerate(created)], now_ms=at
+    )
+    by_id = {
+        d.id: d for d in await store.deliveries.list_deliveries(tenant, DeliveryQuery(limit=count))
+    }
+    assert len(by_id) == count
+    for n, d in enumerate(created):
+        got = by_id[d.id]
+        assert got.attempts == 1
+        if n < half:
+            assert got.status.value == "succeeded" and got.next_attempt_at_ms is None
+        else:
+            assert got.status.value == "pending" and got.next_attempt_at_ms == at + 1_000 + n
+            assert got.last_error == "HTTP 503"
+    attempts = await store.deliveries.list_attempts(tenant, [d.id for d in created[:5]])
+    assert len(attempts) == 5
+    # the failed half falls due at its own time, and its leases were released
+    due = await store.deliveries.claim_due(now_ms=at + 1_000 + half, lease_ms=60_000, limit=count)
+    assert [d.id for d in due] == [created[half].id]
 
 
 async def test_transfer_consents_are_per_tenant_and_replaceable(store: Store) -> None:

@@ -196,3 +196,30 @@ async def test_concurrent_routing_with_flushes_keeps_one_event_per_key(tmp_path:
         assert await _route(store, *(_event(tenant, f"key-{k}".encode()) for k in range(60))) == 0
     finally:
         await store.aclose()
+
+
+def test_a_merge_of_thousands_keeps_every_claim_and_the_later_expiry(tmp_path: Path) -> None:
+    """More claims than one multi-row statement holds, some already in the file with an
+    earlier expiry and some with a later one."""
+    from tidegate.embedded import connect
+    from tidegate.store.sqlite.claims import SCHEMA, _merge
+
+    conn = connect(tmp_path / "claims.db")
+    try:
+        conn.executescript(SCHEMA)
+        first = {b"%06d-key" % i: 1_000 + i for i in range(0, 9_000, 2)}
+        conn.execute("BEGIN IMMEDIATE")
+        assert _merge(conn, first, now_ms=0) == 0
+        conn.execute("COMMIT")
+        second = {b"%06d-key" % i: 1_000 + (i if i % 4 else -i) for i in range(9_000)}
+        conn.execute("BEGIN IMMEDIATE")
+        _merge(conn, second, now_ms=0)
+        conn.execute("COMMIT")
+        stored = dict(conn.execute("SELECT claim, expires_at_ms FROM claims"))
+        assert stored == {k: max(v, first.get(k, 0)) for k, v in second.items()}
+        conn.execute("BEGIN IMMEDIATE")
+        # what has expired by 1,001 leaves
+        assert _merge(conn, {}, now_ms=1_001) == len([v for v in stored.values() if v <= 1_001])
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

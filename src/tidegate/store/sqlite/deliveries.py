@@ -21,6 +21,11 @@ from tidegate.store.base import AttemptResult, DeliveryQuery
 from tidegate.store.rows import DELIVERY_COLUMNS, attempt_row, delivery_row
 from tidegate.store.sqlite.database import placeholders, row_chunks, row_values
 
+_UPDATE_ATTEMPTED = (
+    "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at_ms = ?,"
+    " lease_until_ms = NULL, updated_at_ms = ?, last_error = ? WHERE id = ? AND tenant_id = ?"
+)
+
 
 class SqliteDeliveryStore:
     """Implements DeliveryStore on the embedded database."""
@@ -45,10 +50,11 @@ class SqliteDeliveryStore:
                 f"{excluded} ORDER BY next_attempt_at_ms LIMIT ?",
                 (now_ms, now_ms, *exclude, limit),
             ).fetchall()
-            if rows:
-                c.executemany(
-                    "UPDATE deliveries SET lease_until_ms = ? WHERE id = ?",
-                    [(now_ms + lease_ms, r[0]) for r in rows],
+            for chunk in row_chunks(rows, 1):
+                c.execute(
+                    "UPDATE deliveries SET lease_until_ms = ?"
+                    f" WHERE id IN ({placeholders(len(chunk))})",
+                    [now_ms + lease_ms, *(r[0] for r in chunk)],
                 )
             return [delivery_row(r) for r in rows]
 
@@ -67,51 +73,66 @@ class SqliteDeliveryStore:
         return int(row[0]) if row and row[0] is not None else None
 
     async def record_attempts(self, results: Sequence[AttemptResult], *, now_ms: int) -> None:
+        """Multi-row statements, not a statement per row: each statement releases and
+        takes back the GIL, and the writer thread waits for it behind the event loop's."""
+
         def record(c: sqlite3.Connection) -> None:
-            c.executemany(
-                "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms, duration_ms,"
-                " outcome, status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.attempt.id,
-                        r.attempt.delivery_id,
-                        r.attempt.tenant_id,
-                        r.attempt.started_at_ms,
-                        r.attempt.duration_ms,
-                        r.attempt.outcome.value,
-                        r.attempt.status_code,
-                        r.attempt.error,
-                    )
-                    for r in results
-                ],
-            )
-            c.executemany(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                " next_attempt_at_ms = ?, lease_until_ms = NULL, updated_at_ms = ?,"
-                " last_error = ? WHERE id = ? AND tenant_id = ?",
-                [
-                    (
-                        r.delivery_status,
-                        r.next_attempt_at_ms,
-                        now_ms,
-                        r.last_error,
-                        r.attempt.delivery_id,
-                        r.attempt.tenant_id,
-                    )
-                    for r in results
-                ],
-            )
+            for part in row_chunks(results, 8):
+                c.execute(
+                    "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms,"
+                    f" duration_ms, outcome, status_code, error) VALUES {row_values(len(part), 8)}",
+                    [
+                        v
+                        for r in part
+                        for v in (
+                            r.attempt.id,
+                            r.attempt.delivery_id,
+                            r.attempt.tenant_id,
+                            r.attempt.started_at_ms,
+                            r.attempt.duration_ms,
+                            r.attempt.outcome.value,
+                            r.attempt.status_code,
+                            r.attempt.error,
+                        )
+                    ],
+                )
+            updates = [
+                (
+                    r.attempt.delivery_id,
+                    r.attempt.tenant_id,
+                    r.delivery_status,
+                    r.next_attempt_at_ms,
+                    r.last_error,
+                )
+                for r in results
+            ]
+            if len({u[0] for u in updates}) < len(updates):
+                # One delivery twice: each attempt counts (a join would apply one of them).
+                c.executemany(
+                    _UPDATE_ATTEMPTED, [(u[2], u[3], now_ms, u[4], u[0], u[1]) for u in updates]
+                )
+                return
+            for rows in row_chunks(updates, 5):
+                c.execute(
+                    "UPDATE deliveries SET status = v.column3, attempts = attempts + 1,"
+                    " next_attempt_at_ms = v.column4, lease_until_ms = NULL, updated_at_ms = ?,"
+                    f" last_error = v.column5 FROM (VALUES {row_values(len(rows), 5)}) AS v"
+                    " WHERE deliveries.id = v.column1 AND deliveries.tenant_id = v.column2",
+                    [now_ms, *(v for u in rows for v in u)],
+                )
 
         await self._db.write(record)
 
     async def defer(self, delivery_ids: Sequence[DeliveryId], until_ms: int) -> None:
-        await self._db.write(
-            lambda c: c.executemany(
-                "UPDATE deliveries SET next_attempt_at_ms = ?, lease_until_ms = NULL"
-                " WHERE id = ? AND status = 'pending'",
-                [(until_ms, d) for d in delivery_ids],
-            )
-        )
+        def defer(c: sqlite3.Connection) -> None:
+            for chunk in row_chunks(delivery_ids, 1):
+                c.execute(
+                    "UPDATE deliveries SET next_attempt_at_ms = ?, lease_until_ms = NULL"
+                    f" WHERE id IN ({placeholders(len(chunk))}) AND status = 'pending'",
+                    [until_ms, *chunk],
+                )
+
+        await self._db.write(defer)
 
     async def release_leases(self, delivery_ids: Sequence[DeliveryId]) -> None:
         await self._db.write(
