@@ -48,7 +48,11 @@ def sqlite_path(url: str, env_var: str) -> Path:
 def connect(path: Path, *, page_size: int | None = None) -> sqlite3.Connection:
     """A connection in WAL mode with synchronous commits. `page_size` applies to a file
     that is still empty (SQLite fixes it with the first write, and WAL mode is one)."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    # Compiled statements kept per connection: the store's multi-row statements come in a
+    # dozen row counts each (`row_chunks`), more than sqlite3's default 128 in all.
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512
+    )
     if page_size is not None:
         conn.execute(f"PRAGMA page_size={int(page_size)}")
     # Switching a file still in rollback mode takes an exclusive lock SQLite does not wait

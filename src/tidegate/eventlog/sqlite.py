@@ -272,8 +272,8 @@ _SIGNAL_INTERVAL_S = 0.001
 # request's append had a commit of its own (fsync takes ~0.15 ms here, so few others
 # arrived meanwhile), and a durable commit costs ~70 µs of CPU. At 3,600 events/s to
 # `serve --processes 3`: the api processes 205-209 µs of CPU per event against 244-246
-# with none (1 ms: 226); at 5,000/s, 0.96 of the events delivered while sending against
-# 0.86 (docs/benchmarks.md, thirteenth session).
+# with none (1 ms: 226); at 5,000/s, 0.92-0.96 of the events delivered while sending
+# against 0.82-0.92 (docs/benchmarks.md, thirteenth session).
 _LINGER_S = 0.002
 _DISCOVER_S = 1.0
 

@@ -85,7 +85,7 @@ def row_chunks(items: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
         start += size
 
 
-@functools.lru_cache(maxsize=64)  # a few shapes per statement, by `row_chunks`
+@functools.lru_cache(maxsize=256)  # a dozen shapes per column count, by `row_chunks`
 def row_values(count: int, columns: int) -> str:
     """The VALUES list of a multi-row statement: `count` rows of `columns` placeholders."""
     row = f"({placeholders(columns)})"
