@@ -102,6 +102,29 @@ DELIVERY_COLUMNS = (
 )
 
 
+NEW_DELIVERY_COLUMNS = (
+    "id, tenant_id, event_id, destination_id, status, attempts, next_attempt_at_ms,"
+    " lease_until_ms, created_at_ms, updated_at_ms, replay_of"
+)
+
+
+def new_delivery_values(d: Delivery, lease_until_ms: int | None) -> tuple[Any, ...]:
+    """A new delivery's row, in NEW_DELIVERY_COLUMNS' order."""
+    return (
+        d.id,
+        d.tenant_id,
+        d.event_id,
+        d.destination_id,
+        d.status.value,
+        d.attempts,
+        d.next_attempt_at_ms,
+        lease_until_ms,
+        d.created_at_ms,
+        d.updated_at_ms,
+        d.replay_of,
+    )
+
+
 def tenant_row(row: Sequence[Any]) -> Tenant:
     return Tenant(id=TenantId(row[0]), name=row[1], region=row[2], created_at_ms=row[3])
 

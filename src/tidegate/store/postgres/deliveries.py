@@ -21,7 +21,13 @@ from tidegate.model import (
 )
 from tidegate.store.base import AttemptResult, DeliveryQuery
 from tidegate.store.postgres.database import Connection, PostgresDatabase, filters, params
-from tidegate.store.rows import DELIVERY_COLUMNS, attempt_row, delivery_row
+from tidegate.store.rows import (
+    DELIVERY_COLUMNS,
+    NEW_DELIVERY_COLUMNS,
+    attempt_row,
+    delivery_row,
+    new_delivery_values,
+)
 
 
 class PostgresDeliveryStore:
@@ -248,25 +254,8 @@ async def insert_deliveries(
     if not deliveries:
         return
     await conn.cursor().executemany(
-        "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
-        " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
-        f" VALUES ({params(11)})",
-        [
-            (
-                d.id,
-                d.tenant_id,
-                d.event_id,
-                d.destination_id,
-                d.status.value,
-                d.attempts,
-                d.next_attempt_at_ms,
-                lease_until_ms,
-                d.created_at_ms,
-                d.updated_at_ms,
-                d.replay_of,
-            )
-            for d in deliveries
-        ],
+        f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) VALUES ({params(11)})",
+        [new_delivery_values(d, lease_until_ms) for d in deliveries],
     )
 
 

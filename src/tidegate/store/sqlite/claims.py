@@ -42,7 +42,7 @@ import structlog
 
 from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import now_ms as clock
-from tidegate.store.sqlite.database import placeholders, row_chunks, row_values
+from tidegate.store.sqlite.database import execute_rows, placeholders
 
 log = structlog.get_logger(__name__)
 
@@ -143,12 +143,13 @@ class Claims:
 
     def journal(self, conn: sqlite3.Connection, keys: Sequence[bytes], expires_ms: int) -> None:
         """Append claims to the journal, in the routing transaction (writer thread)."""
-        for part in row_chunks(keys, 1):
-            conn.execute(
-                "INSERT INTO dedupe_journal (claim, expires_at_ms)"
-                f" SELECT column1, ? FROM (VALUES {row_values(len(part), 1)})",
-                [expires_ms, *part],
-            )
+        execute_rows(
+            conn,
+            "INSERT INTO dedupe_journal (claim, expires_at_ms)"
+            " SELECT column1, ? FROM (VALUES {values})",
+            [(key,) for key in keys],
+            first=(expires_ms,),
+        )
 
     def claimed(self, keys: Iterable[bytes], expires_ms: int) -> None:
         """Claims whose journal rows have committed."""
@@ -251,13 +252,12 @@ def _merge(conn: sqlite3.Connection, claims: dict[bytes, int], now_ms: int) -> i
     pause, over five minutes."""
     ordered = _in_key_order(claims)
     while keys := list(islice(ordered, _MERGE_SLICE)):
-        for part in row_chunks(keys, 2):
-            conn.execute(
-                f"INSERT INTO claims (claim, expires_at_ms) VALUES {row_values(len(part), 2)}"
-                " ON CONFLICT (claim) DO UPDATE SET"
-                " expires_at_ms = MAX(expires_at_ms, excluded.expires_at_ms)",
-                [v for key in part for v in (key, claims[key])],
-            )
+        execute_rows(
+            conn,
+            "INSERT INTO claims (claim, expires_at_ms) VALUES {values} ON CONFLICT (claim)"
+            " DO UPDATE SET expires_at_ms = MAX(expires_at_ms, excluded.expires_at_ms)",
+            [(key, claims[key]) for key in keys],
+        )
     return int(
         conn.execute(
             "DELETE FROM claims WHERE claim IN"

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tidegate.embedded import EmbeddedDatabase, connect
 from tidegate.errors import Conflict
@@ -83,6 +83,28 @@ def row_chunks(items: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
         size = min(cap, 1 << ((count - start).bit_length() - 1))
         yield items[start : start + size]
         start += size
+
+
+def execute_rows(
+    c: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]], *, first: Sequence[Any] = ()
+) -> list[Any]:
+    """Run `sql` over `rows` as a few multi-row statements, not one per row: `{values}` in
+    `sql` becomes a VALUES list of a run of rows (`row_chunks`), bound after `first`.
+    Returns what the statements return (RETURNING, or a SELECT), in order.
+
+    Each statement gives up the GIL and takes it back, and the writer thread waits for it
+    behind the event loop's thread: a statement per row made a flush of 100,000 dedupe
+    claims take 2.3 s under load (docs/architecture.md §4)."""
+    if not rows:
+        return []
+    columns = len(rows[0])
+    returned: list[Any] = []
+    for run in row_chunks(rows, columns):
+        returned += c.execute(
+            sql.format(values=row_values(len(run), columns)),
+            [*first, *(value for row in run for value in row)],
+        ).fetchall()
+    return returned
 
 
 @functools.lru_cache(maxsize=256)  # a dozen shapes per column count, by `row_chunks`

@@ -18,8 +18,14 @@ from tidegate.model import (
     TenantId,
 )
 from tidegate.store.base import AttemptResult, DeliveryQuery
-from tidegate.store.rows import DELIVERY_COLUMNS, attempt_row, delivery_row
-from tidegate.store.sqlite.database import placeholders, row_chunks, row_values
+from tidegate.store.rows import (
+    DELIVERY_COLUMNS,
+    NEW_DELIVERY_COLUMNS,
+    attempt_row,
+    delivery_row,
+    new_delivery_values,
+)
+from tidegate.store.sqlite.database import execute_rows, placeholders
 
 _UPDATE_ATTEMPTED = (
     "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at_ms = ?,"
@@ -50,12 +56,12 @@ class SqliteDeliveryStore:
                 f"{excluded} ORDER BY next_attempt_at_ms LIMIT ?",
                 (now_ms, now_ms, *exclude, limit),
             ).fetchall()
-            for chunk in row_chunks(rows, 1):
-                c.execute(
-                    "UPDATE deliveries SET lease_until_ms = ?"
-                    f" WHERE id IN ({placeholders(len(chunk))})",
-                    [now_ms + lease_ms, *(r[0] for r in chunk)],
-                )
+            execute_rows(
+                c,
+                "UPDATE deliveries SET lease_until_ms = ? WHERE id IN (VALUES {values})",
+                [(r[0],) for r in rows],
+                first=(now_ms + lease_ms,),
+            )
             return [delivery_row(r) for r in rows]
 
         return await self._db.write(claim)
@@ -77,25 +83,24 @@ class SqliteDeliveryStore:
         takes back the GIL, and the writer thread waits for it behind the event loop's."""
 
         def record(c: sqlite3.Connection) -> None:
-            for part in row_chunks(results, 8):
-                c.execute(
-                    "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms,"
-                    f" duration_ms, outcome, status_code, error) VALUES {row_values(len(part), 8)}",
-                    [
-                        v
-                        for r in part
-                        for v in (
-                            r.attempt.id,
-                            r.attempt.delivery_id,
-                            r.attempt.tenant_id,
-                            r.attempt.started_at_ms,
-                            r.attempt.duration_ms,
-                            r.attempt.outcome.value,
-                            r.attempt.status_code,
-                            r.attempt.error,
-                        )
-                    ],
-                )
+            execute_rows(
+                c,
+                "INSERT INTO attempts (id, delivery_id, tenant_id, started_at_ms, duration_ms,"
+                " outcome, status_code, error) VALUES {values}",
+                [
+                    (
+                        r.attempt.id,
+                        r.attempt.delivery_id,
+                        r.attempt.tenant_id,
+                        r.attempt.started_at_ms,
+                        r.attempt.duration_ms,
+                        r.attempt.outcome.value,
+                        r.attempt.status_code,
+                        r.attempt.error,
+                    )
+                    for r in results
+                ],
+            )
             updates = [
                 (
                     r.attempt.delivery_id,
@@ -112,25 +117,27 @@ class SqliteDeliveryStore:
                     _UPDATE_ATTEMPTED, [(u[2], u[3], now_ms, u[4], u[0], u[1]) for u in updates]
                 )
                 return
-            for rows in row_chunks(updates, 5):
-                c.execute(
-                    "UPDATE deliveries SET status = v.column3, attempts = attempts + 1,"
-                    " next_attempt_at_ms = v.column4, lease_until_ms = NULL, updated_at_ms = ?,"
-                    f" last_error = v.column5 FROM (VALUES {row_values(len(rows), 5)}) AS v"
-                    " WHERE deliveries.id = v.column1 AND deliveries.tenant_id = v.column2",
-                    [now_ms, *(v for u in rows for v in u)],
-                )
+            execute_rows(
+                c,
+                "UPDATE deliveries SET status = v.column3, attempts = attempts + 1,"
+                " next_attempt_at_ms = v.column4, lease_until_ms = NULL, updated_at_ms = ?,"
+                " last_error = v.column5 FROM (VALUES {values}) AS v"
+                " WHERE deliveries.id = v.column1 AND deliveries.tenant_id = v.column2",
+                updates,
+                first=(now_ms,),
+            )
 
         await self._db.write(record)
 
     async def defer(self, delivery_ids: Sequence[DeliveryId], until_ms: int) -> None:
         def defer(c: sqlite3.Connection) -> None:
-            for chunk in row_chunks(delivery_ids, 1):
-                c.execute(
-                    "UPDATE deliveries SET next_attempt_at_ms = ?, lease_until_ms = NULL"
-                    f" WHERE id IN ({placeholders(len(chunk))}) AND status = 'pending'",
-                    [until_ms, *chunk],
-                )
+            execute_rows(
+                c,
+                "UPDATE deliveries SET next_attempt_at_ms = ?, lease_until_ms = NULL"
+                " WHERE id IN (VALUES {values}) AND status = 'pending'",
+                [(d,) for d in delivery_ids],
+                first=(until_ms,),
+            )
 
         await self._db.write(defer)
 
@@ -301,26 +308,8 @@ def insert_deliveries(
     c: sqlite3.Connection, deliveries: Sequence[Delivery], *, lease_until_ms: int | None
 ) -> None:
     """Insert new deliveries, up to a few hundred rows per statement."""
-    for chunk in row_chunks(deliveries, 11):
-        c.execute(
-            "INSERT INTO deliveries (id, tenant_id, event_id, destination_id, status, attempts,"
-            " next_attempt_at_ms, lease_until_ms, created_at_ms, updated_at_ms, replay_of)"
-            " VALUES " + row_values(len(chunk), 11),
-            [
-                v
-                for d in chunk
-                for v in (
-                    d.id,
-                    d.tenant_id,
-                    d.event_id,
-                    d.destination_id,
-                    d.status.value,
-                    d.attempts,
-                    d.next_attempt_at_ms,
-                    lease_until_ms,
-                    d.created_at_ms,
-                    d.updated_at_ms,
-                    d.replay_of,
-                )
-            ],
-        )
+    execute_rows(
+        c,
+        f"INSERT INTO deliveries ({NEW_DELIVERY_COLUMNS}) VALUES {{values}}",
+        [new_delivery_values(d, lease_until_ms) for d in deliveries],
+    )

@@ -12,7 +12,7 @@ from tidegate.model import Delivery, DeliveryStatus, EventId, TenantId
 from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
 from tidegate.store.rows import EVENT_COLUMNS, event_row
 from tidegate.store.sqlite.claims import Claims
-from tidegate.store.sqlite.database import placeholders, row_chunks, row_values
+from tidegate.store.sqlite.database import execute_rows, placeholders
 from tidegate.store.sqlite.deliveries import insert_deliveries
 
 
@@ -51,31 +51,29 @@ class SqliteEventStore:
                 claims.journal(c, new_keys, expires_ms)
                 # An event id already recorded (an expired claim taken again by an event
                 # the log replays) is ignored, and gets no deliveries again.
-                inserted: set[str] = set()
-                for part in row_chunks(kept, 9):
-                    inserted.update(
-                        event_id
-                        for (event_id,) in c.execute(
-                            "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
-                            " name_index, dedupe_index, received_at_ms, ciphertext)"
-                            f" VALUES {row_values(len(part), 9)} RETURNING id",
-                            [
-                                v
-                                for e in part
-                                for v in (
-                                    e.meta.tenant_id,
-                                    e.meta.id,
-                                    e.meta.source_id,
-                                    e.meta.kind,
-                                    e.meta.type,
-                                    e.meta.name_index,
-                                    e.meta.dedupe_index,
-                                    e.meta.received_at_ms,
-                                    e.ciphertext,
-                                )
-                            ],
-                        )
+                inserted = {
+                    event_id
+                    for (event_id,) in execute_rows(
+                        c,
+                        "INSERT OR IGNORE INTO events (tenant_id, id, source_id, kind, type,"
+                        " name_index, dedupe_index, received_at_ms, ciphertext)"
+                        " VALUES {values} RETURNING id",
+                        [
+                            (
+                                e.meta.tenant_id,
+                                e.meta.id,
+                                e.meta.source_id,
+                                e.meta.kind,
+                                e.meta.type,
+                                e.meta.name_index,
+                                e.meta.dedupe_index,
+                                e.meta.received_at_ms,
+                                e.ciphertext,
+                            )
+                            for e in kept
+                        ],
                     )
+                }
                 created = [
                     Delivery(
                         id=new_delivery_id(),
