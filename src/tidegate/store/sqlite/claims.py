@@ -245,7 +245,7 @@ def _merge(conn: sqlite3.Connection, claims: dict[bytes, int], now_ms: int) -> i
     """The claims in key order (each page of the B-tree visited once), then up to _EXPIRE
     expired ones out (housekeeping calls again while some remain).
 
-    Multi-row statements of a couple of thousand claims: a statement per claim gave up the
+    Multi-row statements of up to 1,024 claims each: a statement per claim gave up the
     GIL and took it back 100,000 times a flush, and each time the writer thread queued
     behind the event loop's thread. Under load a flush of 100,000 took 2.3 s and held
     deliveries back by up to half a second; beside a thread running Python without
