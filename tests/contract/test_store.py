@@ -499,8 +499,11 @@ async def test_thousands_at_once_are_each_claimed_deferred_and_recorded(store: S
     await store.deliveries.defer([d.id for d in created], at - 1)  # unleased and due
     claimed = await store.deliveries.claim_due(now_ms=at, lease_ms=60_000, limit=count)
     assert {d.id for d in claimed} == {d.id for d in created}
-    # leased now: a second claim finds none
+    # leased now: a second claim finds none, until the leases are released
     assert await store.deliveries.claim_due(now_ms=at, lease_ms=60_000, limit=count) == []
+    await store.deliveries.release_leases([d.id for d in claimed])
+    claimed = await store.deliveries.claim_due(now_ms=at, lease_ms=60_000, limit=count)
+    assert {d.id for d in claimed} == {d.id for d in created}
     half = count // 2
 
     def result(n: int, delivery_id: DeliveryId) -> AttemptResult:

@@ -143,8 +143,9 @@ class SqliteDeliveryStore:
 
     async def release_leases(self, delivery_ids: Sequence[DeliveryId]) -> None:
         await self._db.write(
-            lambda c: c.executemany(
-                "UPDATE deliveries SET lease_until_ms = NULL WHERE id = ?",
+            lambda c: execute_rows(
+                c,
+                "UPDATE deliveries SET lease_until_ms = NULL WHERE id IN (VALUES {values})",
                 [(d,) for d in delivery_ids],
             )
         )
