@@ -115,6 +115,7 @@ class EmbeddedDatabase:
         finally:
             bootstrap.close()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._grown = threading.Event()  # wakes a lingering writer (see `write`)
         self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer:{path.name}")
         self._writer.daemon = True
         self._writer.start()
@@ -129,7 +130,11 @@ class EmbeddedDatabase:
             raise BackendUnavailable("the embedded database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, future, loop, time.monotonic()))
+        jobs = self._jobs
+        jobs.put(_Job(fn, future, loop, time.monotonic()))
+        grown = self._grown
+        if self._linger_s and not grown.is_set() and jobs.qsize() >= _LINGER_GROUP - 1:
+            grown.set()
         return await future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -186,10 +191,12 @@ class EmbeddedDatabase:
                         wait = deadline - time.monotonic()
                         if wait <= 0 or len(group) >= _LINGER_GROUP:
                             break
-                        try:
-                            nxt = self._jobs.get(timeout=wait)
-                        except queue.Empty:
-                            break
+                        # Sleep, rather than wait on the queue: a wait there would
+                        # wake this thread for every job that joins (a context switch and
+                        # a turn at the GIL each); `write` wakes it once the group is large.
+                        self._grown.wait(wait)
+                        self._grown.clear()
+                        continue
                     if nxt is None:
                         stop = True
                         break
@@ -265,6 +272,7 @@ class EmbeddedDatabase:
             return
         self._closed = True
         self._jobs.put(None)
+        self._grown.set()
         await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)
         for conn in self._reader_conns:

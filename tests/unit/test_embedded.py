@@ -224,6 +224,21 @@ async def test_a_large_group_commits_without_waiting_out_the_linger(tmp_path: Pa
         await db.aclose()
 
 
+async def test_writes_joining_a_lingering_writer_wake_it_once_the_group_is_large(
+    tmp_path: Path,
+) -> None:
+    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA, linger_s=600.0)
+    try:
+        first = asyncio.ensure_future(db.write(_insert("k00", 0)))
+        await asyncio.sleep(0.05)  # the writer lingers with it, asleep
+        # Fifteen more while it sleeps: sixteen in all, so `write` wakes it.
+        later = [db.write(_insert(f"k{i:02}", i)) for i in range(1, 16)]
+        await asyncio.wait_for(asyncio.gather(first, *later), 30)
+        assert len(await db.read(_keys)) == 16
+    finally:
+        await db.aclose()
+
+
 async def test_closing_a_lingering_writer_commits_what_it_holds(tmp_path: Path) -> None:
     db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA, linger_s=600.0)
     pending = asyncio.ensure_future(db.write(_insert("held", 1)))
