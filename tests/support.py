@@ -64,13 +64,17 @@ class Receiver:
     """A real HTTP server that records webhook deliveries.
 
     Behaviour per path: a list of statuses to answer in turn (the last repeats),
-    "hang" to hold the request until the receiver stops, or "slow:S" to answer 200
-    after S seconds.
+    "hang" to hold the request until the receiver stops, "slow:S" to answer 200
+    after S seconds, or "busy:N:S" to answer 429 at once while N requests to the path
+    are in flight already, else 200 after S seconds. `peak` holds the most requests in
+    flight at once per path.
     """
 
     behaviour: dict[str, list[int | str]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     headers_out: dict[str, dict[str, str]] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    peak: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -95,12 +99,23 @@ class Receiver:
                     )
                     plan = receiver.behaviour.get(path, [200])
                     action = plan.pop(0) if len(plan) > 1 else plan[0]
-                if action == "hang":
-                    receiver._stop.wait(60)
-                    return
-                if isinstance(action, str) and action.startswith("slow:"):
-                    receiver._stop.wait(float(action.removeprefix("slow:")))
-                    action = 200
+                    busy = receiver.in_flight.get(path, 0)
+                    if isinstance(action, str) and action.startswith("busy:"):
+                        most, seconds = action.removeprefix("busy:").split(":")
+                        action = 429 if busy >= int(most) else f"slow:{seconds}"
+                    receiver.in_flight[path] = busy + 1
+                    receiver.peak[path] = max(receiver.peak.get(path, 0), busy + 1)
+                try:
+                    if action == "hang":
+                        receiver._stop.wait(60)
+                        return
+                    if isinstance(action, str) and action.startswith("slow:"):
+                        receiver._stop.wait(float(action.removeprefix("slow:")))
+                        action = 200
+                finally:
+                    # before the answer goes out: the sender may send its next at once
+                    with receiver._lock:
+                        receiver.in_flight[path] -= 1
                 status = int(action)
                 self.send_response(status)
                 for k, v in receiver.headers_out.get(path, {}).items():

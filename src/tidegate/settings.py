@@ -70,7 +70,18 @@ class Settings(BaseSettings):
         default=256, ge=1, description="Deliveries in flight per worker process."
     )
     destination_concurrency: int = Field(
-        default=16, ge=1, description="Deliveries in flight per destination."
+        default=16,
+        ge=1,
+        description="Deliveries in flight per destination to begin with, and the fewest a"
+        " destination is cut back to (see `destination_concurrency_max`).",
+    )
+    destination_concurrency_max: int = Field(
+        default=64,
+        ge=1,
+        description="The most deliveries in flight per destination: a webhook destination's"
+        " lane grows towards it while deliveries queue for it and it answers, and halves (not"
+        " below `destination_concurrency`) on a 429, a 5xx, a timeout or a connection error."
+        " At or below `destination_concurrency`, the lane stays at that.",
     )
     lane_backlog: int = Field(
         default=10_000,

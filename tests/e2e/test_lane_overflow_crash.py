@@ -14,7 +14,11 @@ EVENTS = 150
 
 
 def test_sigkill_while_a_lane_spills_loses_nothing(fresh_dir: Path, receiver: Receiver) -> None:
-    env = {"TIDEGATE_LANE_BACKLOG": "20", "TIDEGATE_DESTINATION_CONCURRENCY": "2"}
+    env = {
+        "TIDEGATE_LANE_BACKLOG": "20",
+        "TIDEGATE_DESTINATION_CONCURRENCY": "2",
+        "TIDEGATE_DESTINATION_CONCURRENCY_MAX": "2",
+    }
     tg = Tidegate(fresh_dir, extra_env=env).start()
     try:
         t = tg.tenant()

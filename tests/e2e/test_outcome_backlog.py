@@ -13,19 +13,17 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import msgspec
 import pytest
 
+from tests.dispatching import routed
 from tests.support import Receiver
 from tidegate import admin
 from tidegate.cli.common import load_settings
 from tidegate.destinations.webhook import WebhookSender
-from tidegate.ids import new_event_id, now_ms
-from tidegate.model import EventBody, EventMeta, SourceId
 from tidegate.pipeline import deliver
-from tidegate.pipeline.deliver import Dispatcher, Loaded
+from tidegate.pipeline.deliver import Dispatcher
 from tidegate.runtime import open_runtime
-from tidegate.store import AttemptResult, DeliveryQuery, RoutedEvent
+from tidegate.store import AttemptResult, DeliveryQuery
 
 EVENTS = 40
 CONCURRENCY = 4
@@ -49,6 +47,7 @@ async def test_attempts_wait_for_the_store_when_outcomes_pile_up(
         ssrf_allow_cidrs=("127.0.0.1/32",),
         https_only=False,
         destination_concurrency=CONCURRENCY,
+        destination_concurrency_max=CONCURRENCY,  # a fixed cap: the count below is exact
     )
     rt = open_runtime(settings)
     sender = WebhookSender(rt.ssrf, default_timeout_s=5)
@@ -66,28 +65,7 @@ async def test_attempts_wait_for_the_store_when_outcomes_pile_up(
 
         monkeypatch.setattr(rt.store.deliveries, "record_attempts", held)
 
-        cipher = await rt.envelope.cipher(tenant.id)
-        routed, plaintext = [], {}
-        for n in range(EVENTS):
-            event_id = new_event_id()
-            payload = msgspec.json.encode({"type": "track", "n": n})
-            body = EventBody(name="E", message_id=f"m-{n}", payload=payload)
-            meta = EventMeta(
-                id=event_id,
-                tenant_id=tenant.id,
-                source_id=SourceId("src"),
-                kind="segment",
-                type="track",
-                received_at_ms=now_ms(),
-                name_index=cipher.index("E"),
-                dedupe_index=cipher.index(f"m-{n}"),
-            )
-            ciphertext = cipher.encrypt(msgspec.msgpack.encode(body), event_id.encode())
-            routed.append(RoutedEvent(meta, ciphertext, (destination.id,)))
-            plaintext[event_id] = Loaded(body=body, kind="segment", received_at_ms=now_ms())
-        deliveries = await rt.store.events.record_routed(
-            routed, now_ms=now_ms(), dedupe_window_ms=60_000, lease_ms=60_000
-        )
+        deliveries, plaintext = await routed(rt, tenant.id, destination.id, EVENTS)
         assert len(deliveries) == EVENTS
 
         dispatcher = Dispatcher(rt, sender, on_recovered=lambda: None)

@@ -47,7 +47,11 @@ async def test_a_spilling_lane_takes_router_deliveries_again_only_when_the_store
     tmp_path: Path,
 ) -> None:
     settings = load_settings(
-        data_dir=tmp_path / "data", region="eu", destination_concurrency=1, lane_backlog=1
+        data_dir=tmp_path / "data",
+        region="eu",
+        destination_concurrency=1,
+        destination_concurrency_max=1,
+        lane_backlog=1,
     )
     rt = open_runtime(settings)
     dispatcher = Dispatcher(rt, sender=None, on_recovered=lambda: None)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ def test_an_overflowing_lane_still_delivers_oldest_first(
         env={
             "TIDEGATE_LANE_BACKLOG": str(LANE_BACKLOG),
             "TIDEGATE_DESTINATION_CONCURRENCY": "2",
+            "TIDEGATE_DESTINATION_CONCURRENCY_MAX": "2",
         }
     ).start()
     try:
