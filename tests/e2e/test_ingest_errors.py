@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,7 +33,7 @@ def nothing_written(tidegate: Tidegate) -> Iterator[None]:
 
 
 def _post(
-    tg: Tidegate, path: str, data: bytes, *, key: str | None, **headers: str
+    tg: Tidegate, path: str, data: bytes | Iterator[bytes], *, key: str | None, **headers: str
 ) -> requests.Response:
     hdrs = {"content-type": "application/json", **headers}
     auth = (key, "") if key is not None else None
@@ -105,6 +106,41 @@ def test_batch_over_500kb_is_400(
     batch = [{"type": "track", "userId": "u", "event": "E", "properties": {"b": "x" * 20_000}}] * 30
     body = json.dumps({"batch": batch}).encode()
     _problem(_post(tidegate, "/v1/batch", body, key=tenant.write_key), 400)
+
+
+def _chunks(body: bytes, parts: int) -> Iterator[bytes]:
+    """A body sent with Transfer-Encoding: chunked (requests does so for an iterator),
+    no Content-Length, in `parts` a little apart: the server reads it as several ASGI
+    messages."""
+    size = -(-len(body) // parts)
+    for start in range(0, len(body), size):
+        if start:
+            time.sleep(0.05)
+        yield body[start : start + size]
+
+
+def test_chunked_batch_is_accepted(tidegate: Tidegate, tenant: TenantHandle) -> None:
+    batch = [
+        {"type": "track", "userId": "u", "event": "E", "properties": {"n": n}} for n in range(50)
+    ]
+    before = _log_count(tidegate)
+    r = _post(
+        tidegate,
+        "/v1/batch",
+        _chunks(json.dumps({"batch": batch}).encode(), 4),
+        key=tenant.write_key,
+    )
+    assert r.status_code == 200 and r.json() == {"success": True}
+    assert _log_count(tidegate) > before
+
+
+def test_chunked_batch_over_500kb_is_refused(
+    tidegate: Tidegate, tenant: TenantHandle, nothing_written: None
+) -> None:
+    batch = [{"type": "track", "userId": "u", "event": "E", "properties": {"b": "x" * 20_000}}] * 30
+    body = json.dumps({"batch": batch}).encode()
+    r = _post(tidegate, "/v1/batch", _chunks(body, 10), key=tenant.write_key)
+    assert "limit" in str(_problem(r, 400)["detail"])
 
 
 def test_batch_with_one_bad_message_writes_nothing(

@@ -29,6 +29,8 @@ from tidegate.model import (
 from tidegate.runtime import Runtime
 
 _CACHE_TTL_S = 10.0
+_CACHED_HEADERS = 10_000
+_CACHED_HEADER_CHARS = 256
 _encode_body = msgspec.msgpack.Encoder().encode
 _encode_record = msgspec.msgpack.Encoder().encode
 # A log record holds up to this many of a request's events and bytes of their ciphertext:
@@ -72,6 +74,11 @@ class Ingestor:
         self._rt = runtime
         self._auth = auth
         self._sources: dict[str, tuple[float, Source, Tenant]] = {}
+        # Basic Authorization headers that authenticated, with their write key's entry
+        # in `_sources` (so the same expiry): an SDK sends the same header with every
+        # request, and this skips decoding and hashing it each time. Bounded in count
+        # and in header length, since a header's password part is the caller's to vary.
+        self._headers: dict[str, tuple[float, Source, Tenant]] = {}
 
     async def authenticate_header(self, authorization: str | None) -> tuple[Source, Tenant] | None:
         """The source and tenant named by an Authorization header, or None without one.
@@ -81,9 +88,17 @@ class Ingestor:
         """
         if not authorization:
             return None
+        entry = self._headers.get(authorization)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1], entry[2]
         write_key = basic_username(authorization)
         if write_key is not None:
-            return await self.authenticate(write_key)
+            entry = await self._entry(write_key)
+            if len(authorization) <= _CACHED_HEADER_CHARS:
+                if len(self._headers) >= _CACHED_HEADERS:
+                    self._headers.clear()
+                self._headers[authorization] = entry
+            return entry[1], entry[2]
         if authorization[:7].lower() != "bearer ":
             raise Unauthorized("use HTTP Basic with the write key, or a Bearer access token")
         principal = await self._auth.principal_from_header(authorization)
@@ -104,27 +119,29 @@ class Ingestor:
 
     async def authenticate(self, write_key: str | None) -> tuple[Source, Tenant]:
         """The source and tenant of a write key; 401 if unknown, 421 if another region's."""
+        _expiry, source, tenant = await self._entry(write_key)
+        return source, tenant
+
+    async def _entry(self, write_key: str | None) -> tuple[float, Source, Tenant]:
+        """`authenticate`, with the time its answer may be used until."""
         if not write_key:
             raise Unauthorized("no write key: send it as the HTTP Basic username (empty password)")
         minted_in = credential_region(write_key)
         if minted_in is not None:
             check_region(self._rt.settings, minted_in)  # 421 before any lookup
         digest = credential_hash(write_key)
-        cached = self._sources.get(digest)
+        entry = self._sources.get(digest)
         now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            source, tenant = cached[1], cached[2]
-        else:
+        if entry is None or entry[0] <= now:
             found = await self._rt.store.tenants.source_by_key(digest)
             tenant_row = await self._rt.store.tenants.get_tenant(found.tenant_id) if found else None
             if found is None or tenant_row is None:
                 raise Unauthorized("unknown or revoked write key")
-            source, tenant = found, tenant_row
             if len(self._sources) > 100_000:
                 self._sources.clear()
-            self._sources[digest] = (now + _CACHE_TTL_S, source, tenant)
-        check_region(self._rt.settings, tenant.region)
-        return source, tenant
+            entry = self._sources[digest] = (now + _CACHE_TTL_S, found, tenant_row)
+        check_region(self._rt.settings, entry[2].region)
+        return entry
 
     def reject(self, tenant_id: TenantId, count: int) -> None:
         self._rt.meter.add(tenant_id, Meter.EVENTS_REJECTED, count)

@@ -9,7 +9,7 @@ import zlib
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from tidegate.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -64,12 +64,22 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)"
         )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+    # ASGI's receive, without Starlette's async generator around it (an ingest request's
+    # body is one message; `stream` costs a few µs more per request).
+    receive = request.receive
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        part: bytes = message.get("body", b"")
+        size += len(part)
+        if size > limit:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-    return bytes(body)
+        parts.append(part)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def require_media_type(request: Request, *allowed: str) -> str:
