@@ -75,6 +75,11 @@ SPILLED = Counter(
     "Deliveries handed back to the store because their destination's lane was full (or"
     " was being refilled from the store): they are sent from there, oldest first",
 )
+LANE_CUTS = Counter(
+    "tidegate_destination_concurrency_cuts_total",
+    "Times a webhook destination's in-flight limit was halved, on a 429, a 5xx, a timeout"
+    " or a connection error",
+)
 LATENCY = Histogram(
     "tidegate_ingest_to_attempt_seconds",
     "From receivedAt to the start of the first delivery attempt",

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tidegate.cli.common import load_settings
 from tidegate.destinations.base import Outcome
@@ -39,6 +40,12 @@ async def dispatcher(tmp_path: Path) -> AsyncIterator[Dispatcher]:
         yield Dispatcher(rt, sender=None, on_recovered=lambda: None)  # type: ignore[arg-type]
     finally:
         await rt.aclose()
+
+
+def _cuts() -> float:
+    value = REGISTRY.get_sample_value("tidegate_destination_concurrency_cuts_total")
+    assert value is not None
+    return value
 
 
 def _queued(dispatcher: Dispatcher, queued: int) -> Lane:
@@ -77,6 +84,7 @@ async def test_distress_halves_a_lane_once_per_episode_and_never_below_its_start
 ) -> None:
     lane = _queued(dispatcher, 1)
     lane.limit = 10.0
+    cuts = _cuts()
     before_the_cut = time.monotonic()
     dispatcher._adapt(lane, distress, before_the_cut)
     assert lane.limit == 5
@@ -86,6 +94,9 @@ async def test_distress_halves_a_lane_once_per_episode_and_never_below_its_start
     # one started after it is a new episode, and the cut stops at the start
     dispatcher._adapt(lane, distress, time.monotonic())
     assert lane.limit == 4
+    assert _cuts() == cuts + 2
+    dispatcher._adapt(lane, distress, time.monotonic())  # at the start already: no cut
+    assert lane.limit == 4 and _cuts() == cuts + 2
 
 
 async def test_a_maximum_at_or_below_the_start_keeps_the_lane_fixed(tmp_path: Path) -> None:

@@ -422,6 +422,7 @@ class Dispatcher:
             if lane.limit > self._fewest and started >= lane.last_cut:
                 lane.limit = max(float(self._fewest), lane.limit / 2)
                 lane.last_cut = time.monotonic()
+                telemetry.LANE_CUTS.inc()
         elif lane.backlog and lane.limit < self._most:
             lane.limit = min(float(self._most), lane.limit + 1 / lane.limit)
 
