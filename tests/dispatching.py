@@ -1,9 +1,14 @@
-"""Deliveries routed straight into a real store, for tests that drive a `Dispatcher`."""
+"""Events and deliveries made straight into a real runtime, for tests that drive a
+`Dispatcher` or write the log themselves."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import msgspec
 
+from tidegate.cli.common import load_settings
 from tidegate.ids import new_event_id, now_ms
 from tidegate.model import (
     Delivery,
@@ -16,7 +21,36 @@ from tidegate.model import (
 )
 from tidegate.pipeline.deliver import Loaded
 from tidegate.runtime import Runtime
+from tidegate.security.envelope import TenantCipher
+from tidegate.settings import Settings
 from tidegate.store import RoutedEvent
+
+
+def local_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a runtime that delivers to a receiver on 127.0.0.1 over plain HTTP."""
+    return load_settings(
+        data_dir=data_dir,
+        region="eu",
+        ssrf_allow_cidrs=("127.0.0.1/32",),
+        https_only=False,
+        **overrides,
+    )
+
+
+def track_meta(
+    cipher: TenantCipher, tenant_id: TenantId, source_id: str, name: str, message_id: str
+) -> EventMeta:
+    """A new track event's metadata, its indexes under the tenant's cipher."""
+    return EventMeta(
+        id=new_event_id(),
+        tenant_id=tenant_id,
+        source_id=SourceId(source_id),
+        kind="segment",
+        type="track",
+        received_at_ms=now_ms(),
+        name_index=cipher.index(name),
+        dedupe_index=cipher.index(message_id),
+    )
 
 
 async def routed(
@@ -27,23 +61,13 @@ async def routed(
     cipher = await rt.envelope.cipher(tenant_id)
     events, plaintext = [], {}
     for n in range(count):
-        event_id = new_event_id()
+        meta = track_meta(cipher, tenant_id, "src", "E", f"m-{n}")
         body = EventBody(
             name="E", message_id=f"m-{n}", payload=msgspec.json.encode({"type": "track", "n": n})
         )
-        meta = EventMeta(
-            id=event_id,
-            tenant_id=tenant_id,
-            source_id=SourceId("src"),
-            kind="segment",
-            type="track",
-            received_at_ms=now_ms(),
-            name_index=cipher.index("E"),
-            dedupe_index=cipher.index(f"m-{n}"),
-        )
-        ciphertext = cipher.encrypt(msgspec.msgpack.encode(body), event_id.encode())
+        ciphertext = cipher.encrypt(msgspec.msgpack.encode(body), meta.id.encode())
         events.append(RoutedEvent(meta, ciphertext, (destination_id,)))
-        plaintext[event_id] = Loaded(body=body, kind="segment", received_at_ms=now_ms())
+        plaintext[meta.id] = Loaded(body=body, kind="segment", received_at_ms=now_ms())
     deliveries = await rt.store.events.record_routed(
         events, now_ms=now_ms(), dedupe_window_ms=60_000, lease_ms=60_000
     )

@@ -12,10 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.dispatching import routed
+from tests.dispatching import local_settings, routed
 from tests.support import Receiver
 from tidegate import admin
-from tidegate.cli.common import load_settings
 from tidegate.destinations.webhook import WebhookSender
 from tidegate.pipeline.deliver import Dispatcher
 from tidegate.runtime import open_runtime
@@ -30,11 +29,8 @@ async def _deliver(
     """Route `events` to a destination on the receiver answering per `behaviour`, and
     dispatch them until each has had an attempt: the receiver's path, and how many of
     the deliveries succeeded (the others wait for a retry)."""
-    settings = load_settings(
-        data_dir=fresh_dir,
-        region="eu",
-        ssrf_allow_cidrs=("127.0.0.1/32",),
-        https_only=False,
+    settings = local_settings(
+        fresh_dir,
         destination_concurrency=START,
         destination_concurrency_max=MOST,
         breaker_failures=1_000_000,  # 429s here must not open the circuit

@@ -14,12 +14,12 @@ import msgspec
 import pytest
 import requests
 
+from tests.dispatching import track_meta
 from tests.support import Receiver, TenantHandle, Tidegate, wait_until
 from tidegate.api.ingest.accept import RECORD_BYTES, RECORD_EVENTS
 from tidegate.cli.common import load_settings
 from tidegate.eventlog import Record
-from tidegate.ids import new_event_id, now_ms
-from tidegate.model import EventBody, EventMeta, LogEntry, SourceId, TenantId, decode_record
+from tidegate.model import EventBody, LogEntry, TenantId, decode_record
 from tidegate.runtime import open_runtime
 from tidegate.security.envelope import TenantCipher
 
@@ -119,19 +119,9 @@ async def _append_older(data_dir: Path, tenant_id: TenantId, ids: list[str], *, 
 
 
 def _older_entry(cipher: TenantCipher, tenant_id: TenantId, message_id: str) -> LogEntry:
-    event_id = new_event_id()
+    meta = track_meta(cipher, tenant_id, "src_before_request_records", "Old", message_id)
     payload = msgspec.json.encode(
         {"type": "track", "userId": "u", "event": "Old", "messageId": message_id}
     )
-    meta = EventMeta(
-        id=event_id,
-        tenant_id=tenant_id,
-        source_id=SourceId("src_before_request_records"),
-        kind="segment",
-        type="track",
-        received_at_ms=now_ms(),
-        name_index=cipher.index("Old"),
-        dedupe_index=cipher.index(message_id),
-    )
     body = msgspec.msgpack.encode(EventBody(name="Old", message_id=message_id, payload=payload))
-    return LogEntry(meta=meta, ciphertext=cipher.encrypt(body, event_id.encode()))
+    return LogEntry(meta=meta, ciphertext=cipher.encrypt(body, meta.id.encode()))

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.dispatching import routed
+from tests.dispatching import local_settings, routed
 from tests.support import Receiver
 from tidegate import admin
-from tidegate.cli.common import load_settings
 from tidegate.destinations.webhook import WebhookSender
 from tidegate.pipeline import deliver
 from tidegate.pipeline.deliver import Dispatcher
@@ -41,11 +40,8 @@ async def test_attempts_wait_for_the_store_when_outcomes_pile_up(
     fresh_dir: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(deliver, "_MAX_UNRECORDED", MAX_UNRECORDED)
-    settings = load_settings(
-        data_dir=fresh_dir,
-        region="eu",
-        ssrf_allow_cidrs=("127.0.0.1/32",),
-        https_only=False,
+    settings = local_settings(
+        fresh_dir,
         destination_concurrency=CONCURRENCY,
         destination_concurrency_max=CONCURRENCY,  # a fixed cap: the count below is exact
     )
