@@ -88,6 +88,13 @@ class Loaded(msgspec.Struct, frozen=True):
     received_at_ms: int
 
 
+def _is_distress(outcome: Outcome) -> bool:
+    """An endpoint in trouble, or out of reach: no answer (a timeout, a connection error),
+    a 5xx or a 429. The circuit breaker counts these, and a lane's limit is cut on them."""
+    code = outcome.status_code
+    return code is None or code >= 500 or code == 429
+
+
 class Lane:
     """One destination's queue and in-flight count."""
 
@@ -396,9 +403,7 @@ class Dispatcher:
                     "destination.recovered", destination_id=delivery.destination_id, resumed=resumed
                 )
                 self._on_recovered()
-        elif (
-            outcome.status_code is None or outcome.status_code >= 500 or outcome.status_code == 429
-        ):
+        elif _is_distress(outcome):
             lane.breaker.record_failure()
         else:
             lane.breaker.record_alive()  # a 3xx/4xx answer: the endpoint is up
@@ -417,8 +422,7 @@ class Dispatcher:
         under way when it was cut belong to the same episode and do not cut it again. So
         an endpoint that keeps up gets more in flight than 16 (one 50 ms away: 320/s at
         16, 1,280/s at 64), and one that struggles is back at the start at once."""
-        code = outcome.status_code
-        if code is None or code >= 500 or code == 429:
+        if _is_distress(outcome):
             if lane.limit > self._fewest and started >= lane.last_cut:
                 lane.limit = max(float(self._fewest), lane.limit / 2)
                 lane.last_cut = time.monotonic()
