@@ -10,6 +10,7 @@ re-reads those batches; the store recognises the event ids and creates nothing t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -37,6 +38,14 @@ ROUTE_EVENTS = 2_000  # events per store transaction, when a batch of records ho
 # 0.77-0.82, 620 fsyncs a second instead of 960-1,470, the delivery p99 unchanged.
 _SMALL_BATCH = 50
 _SMALL_BATCH_PAUSE_S = 0.003
+# Once records come faster than this, a batch is small below twice as many records and
+# the pause is longer, as a network card coalesces its interrupts by the packet rate:
+# the busier the router, the more each batch's fixed cost is worth sharing, and a few
+# more milliseconds of delivery latency matter least. At 4,000 events/s (benchmarks,
+# fifteenth session) process 0 spent 175-183 µs of CPU per event against 183-193.
+_BUSY_RECORDS_PER_S = 2_500
+_BUSY_SMALL_BATCH = 100
+_BUSY_PAUSE_S = 0.010
 
 
 def lease_ms(delivery_timeout_s: float) -> int:
@@ -53,12 +62,14 @@ class Router:
 
     async def run(self) -> None:
         committer = _Committer(self._rt.log)
+        pace = Pace()
         try:
             async for batch in self._rt.log.consume(self._rt.topic, "router"):
                 await self.route(batch)
                 committer.add(batch)
-                if len(batch.records) < _SMALL_BATCH:
-                    await asyncio.sleep(_SMALL_BATCH_PAUSE_S)
+                pause = pace.pause_after(len(batch.records), time.monotonic())
+                if pause:
+                    await asyncio.sleep(pause)
         finally:
             await committer.flush()
 
@@ -135,6 +146,31 @@ class Router:
                 log.error("router.invalid_stored_filter")
                 self._filters[expression] = None
         return self._filters[expression]
+
+
+class Pace:
+    """How long the router pauses after a batch: not at all after a large one, a little
+    after a small one, longer while records come at a busy rate (`_BUSY_RECORDS_PER_S`,
+    measured over the last second or so)."""
+
+    __slots__ = ("_busy", "_records", "_since")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._records = 0
+        self._since: float | None = None
+
+    def pause_after(self, records: int, now: float) -> float:
+        if self._since is None:
+            self._since = now
+        self._records += records
+        elapsed = now - self._since
+        if elapsed >= 1.0:
+            self._busy = self._records / elapsed >= _BUSY_RECORDS_PER_S
+            self._records, self._since = 0, now
+        if self._busy:
+            return _BUSY_PAUSE_S if records < _BUSY_SMALL_BATCH else 0.0
+        return _SMALL_BATCH_PAUSE_S if records < _SMALL_BATCH else 0.0
 
 
 class _Committer:
