@@ -192,6 +192,7 @@ class EmbeddedDatabase:
                     return
                 group = [job]
                 stop = False
+                hurried = False
                 # Until the first job has waited `linger_s` (or the group is large), wait
                 # for more to join it: a durable commit costs about 70 µs of CPU (its fsync,
                 # mostly), so sharing one is worth a millisecond or two of a caller's time.
@@ -201,12 +202,14 @@ class EmbeddedDatabase:
                         nxt = self._jobs.get_nowait()
                     except queue.Empty:
                         wait = deadline - time.monotonic()
-                        if wait <= 0 or len(group) >= LINGER_GROUP:
+                        if wait <= 0 or len(group) >= LINGER_GROUP or hurried:
                             break
                         # Sleep, rather than wait on the queue: a wait there would
                         # wake this thread for every job that joins (a context switch and
-                        # a turn at the GIL each); `write` wakes it once the group is large.
-                        self._grown.wait(wait)
+                        # a turn at the GIL each). `hurry` wakes it once the group is
+                        # large: 16 jobs, or one job that gathered as many writes (the
+                        # log's appends), which ends the linger once the queue is taken.
+                        hurried = self._grown.wait(wait)
                         self._grown.clear()
                         continue
                     if nxt is None:

@@ -114,3 +114,19 @@ async def test_an_append_to_a_closed_log_is_refused_and_strands_no_later_one(
     for _ in range(2):
         with pytest.raises(BackendUnavailable):
             await asyncio.wait_for(log.append("t", [Record("k", b"x")]), 5)
+
+
+async def test_sixteen_gathered_appends_end_the_writers_linger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A linger no test would wait out: only the 16th append's wake-up commits the group.
+    monkeypatch.setattr("tidegate.eventlog.sqlite._LINGER_S", 600.0)
+    log = SqliteEventLog(tmp_path / "log.db")
+    try:
+        appends = [
+            asyncio.ensure_future(log.append("t", [Record("k", b"%d" % i)])) for i in range(16)
+        ]
+        await asyncio.wait_for(asyncio.gather(*appends), 10)
+    finally:
+        await log.aclose()
+    assert len(_kept(tmp_path / "log.db")) == 16
