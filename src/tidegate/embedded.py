@@ -71,7 +71,7 @@ def connect(path: Path, *, page_size: int | None = None) -> sqlite3.Connection:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "queued_at")
+    __slots__ = ("fn", "future", "loop", "queued_at", "then")
 
     def __init__(
         self,
@@ -79,11 +79,13 @@ class _Job:
         future: asyncio.Future[Any],
         loop: asyncio.AbstractEventLoop,
         queued_at: float,
+        then: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.queued_at = queued_at
+        self.then = then
 
 
 class EmbeddedDatabase:
@@ -129,15 +131,21 @@ class EmbeddedDatabase:
         """Run `fn` in a transaction; return once that transaction is durably committed."""
         return await self.submit(fn)
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        then: Callable[[asyncio.Future[T]], None] | None = None,
+    ) -> asyncio.Future[T]:
         """`write` without waiting: the future of `fn`'s result, settled on the calling
-        event loop once its transaction is durably committed (or has failed)."""
+        event loop once its transaction is durably committed (or has failed). `then` is
+        called with it as soon as it is settled, in the same callback of the loop (a done
+        callback would wait for the loop's next turn)."""
         if self._closed:
             raise BackendUnavailable("the embedded database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         jobs = self._jobs
-        jobs.put(_Job(fn, future, loop, time.monotonic()))
+        jobs.put(_Job(fn, future, loop, time.monotonic(), then))
         if self._linger_s and jobs.qsize() >= LINGER_GROUP - 1:
             self.hurry()
         return future
@@ -338,12 +346,13 @@ def _settle(outcomes: list[tuple[_Job, bool, Any]]) -> None:
 
 def _resolve(outcomes: list[tuple[_Job, bool, Any]]) -> None:
     for job, ok, value in outcomes:
-        if job.future.done():
-            continue
-        if ok:
-            job.future.set_result(value)
-        else:
-            job.future.set_exception(value)
+        if not job.future.done():
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
+        if job.then is not None:
+            job.then(job.future)
 
 
 # -- multi-row statements ----------------------------------------------------------------

@@ -26,9 +26,9 @@ def _count_jobs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     jobs: list[int] = []
     submit = EmbeddedDatabase.submit
 
-    def counted(self: EmbeddedDatabase, fn: Any) -> Any:
+    def counted(self: EmbeddedDatabase, fn: Any, then: Any = None) -> Any:
         jobs.append(1)
-        return submit(self, fn)
+        return submit(self, fn, then)
 
     monkeypatch.setattr(EmbeddedDatabase, "submit", counted)
     return jobs

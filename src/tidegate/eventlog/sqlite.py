@@ -169,7 +169,7 @@ class SqliteEventLog:
         with self._gathering:
             gathered = self._gathered.get(key)
             fresh = gathered is None or gathered.taken
-            if gathered is None or gathered.taken:
+            if gathered is None or fresh:
                 gathered = self._gathered[key] = _Gathered()
             # appends of this loop join it until the writer takes it: none comes between
             # here and the job's submission below (no await), so a refused one fails alone
@@ -178,11 +178,12 @@ class SqliteEventLog:
             appends = len(gathered.waiters)
         if fresh:
             try:
-                job = self._own.submit(partial(self._insert, topic, gathered))
+                self._own.submit(
+                    partial(self._insert, topic, gathered), partial(self._settle, topic, gathered)
+                )
             except BackendUnavailable:
                 gathered.taken = True
                 raise
-            job.add_done_callback(partial(self._settle, topic, gathered))
         elif appends == LINGER_GROUP:
             self._own.hurry()
         await waiter
