@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +33,7 @@ log = structlog.get_logger(__name__)
 _MAX_GROUP = 512
 # A group this large commits without lingering: its commit is already shared enough, and
 # at saturation lingering only idles the writer (see `linger_s`).
-LINGER_GROUP = 16
+_LINGER_GROUP = 16
 _LOCK_TIMEOUT_S = 30.0
 _LOCK_POLL_S = 0.0005
 
@@ -71,7 +70,7 @@ def connect(path: Path, *, page_size: int | None = None) -> sqlite3.Connection:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop", "queued_at", "then")
+    __slots__ = ("fn", "future", "loop", "queued_at")
 
     def __init__(
         self,
@@ -79,13 +78,11 @@ class _Job:
         future: asyncio.Future[Any],
         loop: asyncio.AbstractEventLoop,
         queued_at: float,
-        then: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
         self.queued_at = queued_at
-        self.then = then
 
 
 class EmbeddedDatabase:
@@ -129,33 +126,16 @@ class EmbeddedDatabase:
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in a transaction; return once that transaction is durably committed."""
-        return await self.submit(fn)
-
-    def submit(
-        self,
-        fn: Callable[[sqlite3.Connection], T],
-        then: Callable[[asyncio.Future[T]], None] | None = None,
-    ) -> asyncio.Future[T]:
-        """`write` without waiting: the future of `fn`'s result, settled on the calling
-        event loop once its transaction is durably committed (or has failed). `then` is
-        called with it as soon as it is settled, in the same callback of the loop (a done
-        callback would wait for the loop's next turn)."""
         if self._closed:
             raise BackendUnavailable("the embedded database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         jobs = self._jobs
-        jobs.put(_Job(fn, future, loop, time.monotonic(), then))
-        if self._linger_s and jobs.qsize() >= LINGER_GROUP - 1:
-            self.hurry()
-        return future
-
-    def hurry(self) -> None:
-        """End a lingering writer's wait now: what it waits for has gathered (16 jobs, or
-        a caller's own gathering of that many writes into one job)."""
+        jobs.put(_Job(fn, future, loop, time.monotonic()))
         grown = self._grown
-        if not grown.is_set():
+        if self._linger_s and not grown.is_set() and jobs.qsize() >= _LINGER_GROUP - 1:
             grown.set()
+        return await future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -200,7 +180,6 @@ class EmbeddedDatabase:
                     return
                 group = [job]
                 stop = False
-                hurried = False
                 # Until the first job has waited `linger_s` (or the group is large), wait
                 # for more to join it: a durable commit costs about 70 µs of CPU (its fsync,
                 # mostly), so sharing one is worth a millisecond or two of a caller's time.
@@ -210,14 +189,12 @@ class EmbeddedDatabase:
                         nxt = self._jobs.get_nowait()
                     except queue.Empty:
                         wait = deadline - time.monotonic()
-                        if wait <= 0 or len(group) >= LINGER_GROUP or hurried:
+                        if wait <= 0 or len(group) >= _LINGER_GROUP:
                             break
                         # Sleep, rather than wait on the queue: a wait there would
                         # wake this thread for every job that joins (a context switch and
-                        # a turn at the GIL each). `hurry` wakes it once the group is
-                        # large: 16 jobs, or one job that gathered as many writes (the
-                        # log's appends), which ends the linger once the queue is taken.
-                        hurried = self._grown.wait(wait)
+                        # a turn at the GIL each); `write` wakes it once the group is large.
+                        self._grown.wait(wait)
                         self._grown.clear()
                         continue
                     if nxt is None:
@@ -346,67 +323,9 @@ def _settle(outcomes: list[tuple[_Job, bool, Any]]) -> None:
 
 def _resolve(outcomes: list[tuple[_Job, bool, Any]]) -> None:
     for job, ok, value in outcomes:
-        if not job.future.done():
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
-        if job.then is not None:
-            job.then(job.future)
-
-
-# -- multi-row statements ----------------------------------------------------------------
-
-
-def placeholders(n: int) -> str:
-    return ",".join("?" * n)
-
-
-# Bound parameters per statement, well under SQLite's limit (32,766 since 3.32).
-MAX_PARAMETERS = 4_000
-
-
-def row_chunks(items: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
-    """`items` in runs for multi-row statements of `columns` parameters a row, each run a
-    power of two long and under MAX_PARAMETERS parameters.
-
-    A multi-row statement's SQL depends on its row count. With runs of any length nearly
-    every batch compiled its statements anew (the router's batches came in 241 lengths
-    in 519 batches of the bench), and compiling a statement costs about as much as
-    running it; with powers of two a dozen shapes per statement stay in the connection's
-    statement cache, for a few more statements per batch."""
-    cap = 1 << (max(1, MAX_PARAMETERS // columns).bit_length() - 1)
-    start, count = 0, len(items)
-    while start < count:
-        size = min(cap, 1 << ((count - start).bit_length() - 1))
-        yield items[start : start + size]
-        start += size
-
-
-def execute_rows(
-    c: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]], *, first: Sequence[Any] = ()
-) -> list[Any]:
-    """Run `sql` over `rows` as a few multi-row statements, not one per row: `{values}` in
-    `sql` becomes a VALUES list of a run of rows (`row_chunks`), bound after `first`.
-    Returns what the statements return (RETURNING, or a SELECT), in order.
-
-    Each statement gives up the GIL and takes it back, and the writer thread waits for it
-    behind the event loop's thread: a statement per row made a flush of 100,000 dedupe
-    claims take 2.3 s under load (docs/architecture.md §4)."""
-    if not rows:
-        return []
-    columns = len(rows[0])
-    returned: list[Any] = []
-    for run in row_chunks(rows, columns):
-        returned += c.execute(
-            sql.format(values=row_values(len(run), columns)),
-            [*first, *(value for row in run for value in row)],
-        ).fetchall()
-    return returned
-
-
-@functools.lru_cache(maxsize=256)  # a dozen shapes per column count, by `row_chunks`
-def row_values(count: int, columns: int) -> str:
-    """The VALUES list of a multi-row statement: `count` rows of `columns` placeholders."""
-    row = f"({placeholders(columns)})"
-    return ",".join([row] * count)
+        if job.future.done():
+            continue
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)

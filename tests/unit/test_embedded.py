@@ -247,36 +247,3 @@ async def test_closing_a_lingering_writer_commits_what_it_holds(tmp_path: Path) 
     assert await pending == 1
     with closing(connect(tmp_path / "x.db")) as conn:
         assert _keys(conn) == ["held"]
-
-
-async def test_submit_calls_then_with_the_settled_future_before_the_loop_turns(
-    tmp_path: Path,
-) -> None:
-    db = EmbeddedDatabase(tmp_path / "x.db", SCHEMA)
-    seen: list[tuple[str, str, object]] = []
-
-    def then(name: str) -> Callable[[asyncio.Future[int | None]], None]:
-        def record(future: asyncio.Future[int | None]) -> None:
-            failure = future.exception()
-            seen.append(("then", name, type(failure) if failure else future.result()))
-
-        return record
-
-    def turned(name: str) -> Callable[[asyncio.Future[int | None]], None]:
-        return lambda _future: seen.append(("done callback", name, None))
-
-    try:
-        ok: asyncio.Future[int | None] = db.submit(_insert("a", 7), then("ok"))
-        ok.add_done_callback(turned("ok"))
-        failed: asyncio.Future[int | None] = db.submit(_fail_after_insert("b"), then("failed"))
-        failed.add_done_callback(turned("failed"))
-        await asyncio.wait([ok, failed])
-        await asyncio.sleep(0)
-    finally:
-        await db.aclose()
-    assert ("then", "ok", 7) in seen
-    assert ("then", "failed", ValueError) in seen
-    for name in ("ok", "failed"):
-        assert seen.index(("then", name, 7 if name == "ok" else ValueError)) < seen.index(
-            ("done callback", name, None)
-        )

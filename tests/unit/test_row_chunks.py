@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidegate.embedded import MAX_PARAMETERS, row_chunks
+from tidegate.store.sqlite.database import MAX_PARAMETERS, row_chunks
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 7, 100, 255, 256, 257, 500, 1_000, 5_000])

@@ -18,20 +18,12 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
 
-from tidegate.embedded import (
-    LINGER_GROUP,
-    EmbeddedDatabase,
-    connect,
-    execute_rows,
-    sqlite_path,
-)
-from tidegate.errors import BackendUnavailable
+from tidegate.embedded import EmbeddedDatabase, connect, sqlite_path
 from tidegate.eventlog.base import Batch, LogRecord, Record
 from tidegate.eventlog.wake import AppendSignal
 
@@ -77,20 +69,6 @@ COMMIT;
 PAGE_SIZE = 32 * 1024
 
 
-class _Gathered:
-    """Appends of one topic waiting for the writer, inserted by one write job: a SELECT and
-    a multi-row INSERT per commit group, where each request's append was a job of its own
-    and two statements (each a turn at the GIL for the writer thread). `taken` once the
-    writer has started on them; later appends gather anew."""
-
-    __slots__ = ("rows", "taken", "waiters")
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, bytes]] = []
-        self.waiters: list[asyncio.Future[None]] = []
-        self.taken = False
-
-
 def partition_path(main: Path, partition: int) -> Path:
     """`log.db` for partition 0, `log-3.db` for partition 3."""
     return main if partition == 0 else main.with_name(f"{main.stem}-{partition}{main.suffix}")
@@ -122,8 +100,6 @@ class SqliteEventLog:
         self._poll_s = poll_s
         self._wakeups: dict[str, asyncio.Event] = {}
         self._closing = asyncio.Event()
-        self._gathering = threading.Lock()
-        self._gathered: dict[tuple[str, asyncio.AbstractEventLoop], _Gathered] = {}
         self._signal = AppendSignal(
             path.with_name(path.name + ".wake"), interval_s=_SIGNAL_INTERVAL_S
         )
@@ -159,64 +135,23 @@ class SqliteEventLog:
         return event
 
     async def append(self, topic: str, records: Sequence[Record]) -> None:
-        """Returns once the records are durably committed. Appends made while the writer
-        is busy or lingering are gathered into one write job (`_Gathered`)."""
         if not records:
             return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        key = (topic, loop)
-        with self._gathering:
-            gathered = self._gathered.get(key)
-            fresh = gathered is None or gathered.taken
-            if gathered is None or fresh:
-                gathered = self._gathered[key] = _Gathered()
-            # appends of this loop join it until the writer takes it: none comes between
-            # here and the job's submission below (no await), so a refused one fails alone
-            gathered.rows += [(r.key, r.value) for r in records]
-            gathered.waiters.append(waiter)
-            appends = len(gathered.waiters)
-        if fresh:
-            try:
-                self._own.submit(
-                    partial(self._insert, topic, gathered), partial(self._settle, topic, gathered)
-                )
-            except BackendUnavailable:
-                gathered.taken = True
-                raise
-        elif appends == LINGER_GROUP:
-            self._own.hurry()
-        await waiter
+        rows = [(r.key, r.value) for r in records]
 
-    def _insert(self, topic: str, gathered: _Gathered, conn: sqlite3.Connection) -> None:
-        """On the writer thread: the gathered appends' records, one statement per run."""
-        with self._gathering:
-            gathered.taken = True  # later appends gather anew
-        (last,) = conn.execute("SELECT MAX(pos) FROM records WHERE topic = ?", (topic,)).fetchone()
-        first = 0 if last is None else last + 1
-        execute_rows(
-            conn,
-            "INSERT INTO records (topic, pos, key, value) VALUES {values}",
-            [(topic, first + i, key, value) for i, (key, value) in enumerate(gathered.rows)],
-        )
+        def insert(conn: sqlite3.Connection) -> None:
+            (last,) = conn.execute(
+                "SELECT MAX(pos) FROM records WHERE topic = ?", (topic,)
+            ).fetchone()
+            first = 0 if last is None else last + 1
+            conn.executemany(
+                "INSERT INTO records (topic, pos, key, value) VALUES (?, ?, ?, ?)",
+                [(topic, first + i, key, value) for i, (key, value) in enumerate(rows)],
+            )
 
-    def _settle(self, topic: str, gathered: _Gathered, job: asyncio.Future[None]) -> None:
-        """On the event loop, once the job is committed or failed: tell its appends."""
-        failure = (
-            BackendUnavailable("the log write was cancelled")
-            if job.cancelled()
-            else job.exception()
-        )
-        for waiter in gathered.waiters:
-            if waiter.done():
-                continue  # its caller was cancelled
-            if failure is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(failure)
-        if failure is None:
-            self._wakeup(topic).set()
-            self._signal.signal_soon()
+        await self._own.write(insert)
+        self._wakeup(topic).set()
+        self._signal.signal_soon()
 
     async def consume(
         self, topic: str, group: str, *, max_records: int = 500

@@ -19,9 +19,10 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from tidegate.embedded import EmbeddedDatabase, connect, placeholders
+from tidegate.embedded import EmbeddedDatabase, connect
 from tidegate.security.audit import GENESIS, AuditEntry, AuditRecord
 from tidegate.store.rows import AUDIT_COLUMNS, audit_record, audit_rows
+from tidegate.store.sqlite.database import placeholders
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (

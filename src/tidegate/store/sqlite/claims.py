@@ -40,8 +40,9 @@ from pathlib import Path
 
 import structlog
 
-from tidegate.embedded import EmbeddedDatabase, execute_rows, placeholders
+from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import now_ms as clock
+from tidegate.store.sqlite.database import execute_rows, placeholders
 
 log = structlog.get_logger(__name__)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tidegate.embedded import EmbeddedDatabase, connect
 from tidegate.errors import Conflict
@@ -54,6 +57,61 @@ def _add_columns(path: Path) -> None:
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+T = TypeVar("T")
+# Bound parameters per statement, well under SQLite's limit (32,766 since 3.32).
+MAX_PARAMETERS = 4_000
+
+
+def row_chunks(items: Sequence[T], columns: int) -> Iterator[Sequence[T]]:
+    """`items` in runs for multi-row statements of `columns` parameters a row, each run a
+    power of two long and under MAX_PARAMETERS parameters.
+
+    A multi-row statement's SQL depends on its row count. With runs of any length nearly
+    every batch compiled its statements anew (the router's batches came in 241 lengths
+    in 519 batches of the bench), and compiling a statement costs about as much as
+    running it; with powers of two a dozen shapes per statement stay in the connection's
+    statement cache, for a few more statements per batch."""
+    cap = 1 << (max(1, MAX_PARAMETERS // columns).bit_length() - 1)
+    start, count = 0, len(items)
+    while start < count:
+        size = min(cap, 1 << ((count - start).bit_length() - 1))
+        yield items[start : start + size]
+        start += size
+
+
+def execute_rows(
+    c: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]], *, first: Sequence[Any] = ()
+) -> list[Any]:
+    """Run `sql` over `rows` as a few multi-row statements, not one per row: `{values}` in
+    `sql` becomes a VALUES list of a run of rows (`row_chunks`), bound after `first`.
+    Returns what the statements return (RETURNING, or a SELECT), in order.
+
+    Each statement gives up the GIL and takes it back, and the writer thread waits for it
+    behind the event loop's thread: a statement per row made a flush of 100,000 dedupe
+    claims take 2.3 s under load (docs/architecture.md §4)."""
+    if not rows:
+        return []
+    columns = len(rows[0])
+    returned: list[Any] = []
+    for run in row_chunks(rows, columns):
+        returned += c.execute(
+            sql.format(values=row_values(len(run), columns)),
+            [*first, *(value for row in run for value in row)],
+        ).fetchall()
+    return returned
+
+
+@functools.lru_cache(maxsize=256)  # a dozen shapes per column count, by `row_chunks`
+def row_values(count: int, columns: int) -> str:
+    """The VALUES list of a multi-row statement: `count` rows of `columns` placeholders."""
+    row = f"({placeholders(columns)})"
+    return ",".join([row] * count)
 
 
 def require_tenant(c: sqlite3.Connection, tenant_id: TenantId) -> None:

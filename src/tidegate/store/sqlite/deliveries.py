@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from tidegate.embedded import EmbeddedDatabase, execute_rows, placeholders
+from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import new_delivery_id
 from tidegate.model import (
     Attempt,
@@ -25,6 +25,7 @@ from tidegate.store.rows import (
     delivery_row,
     new_delivery_values,
 )
+from tidegate.store.sqlite.database import execute_rows, placeholders
 
 _UPDATE_ATTEMPTED = (
     "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at_ms = ?,"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from tidegate.embedded import EmbeddedDatabase, placeholders
+from tidegate.embedded import EmbeddedDatabase
 from tidegate.model import Destination, DestinationId, DestinationStatus, TenantId
 from tidegate.store.base import PreviousSecret
 from tidegate.store.rows import (
@@ -16,7 +16,7 @@ from tidegate.store.rows import (
     destination_values,
     set_clause,
 )
-from tidegate.store.sqlite.database import require_tenant
+from tidegate.store.sqlite.database import placeholders, require_tenant
 
 
 class SqliteDestinationStore:

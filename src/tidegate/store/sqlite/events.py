@@ -6,12 +6,13 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from tidegate.embedded import EmbeddedDatabase, execute_rows, placeholders
+from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import new_delivery_id
 from tidegate.model import Delivery, DeliveryStatus, EventId, TenantId
 from tidegate.store.base import EventQuery, RoutedEvent, StoredEvent
 from tidegate.store.rows import EVENT_COLUMNS, event_row
 from tidegate.store.sqlite.claims import Claims
+from tidegate.store.sqlite.database import execute_rows, placeholders
 from tidegate.store.sqlite.deliveries import insert_deliveries
 
 
