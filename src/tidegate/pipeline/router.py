@@ -46,6 +46,7 @@ _SMALL_BATCH_PAUSE_S = 0.003
 _BUSY_RECORDS_PER_S = 2_500
 _BUSY_SMALL_BATCH = 100
 _BUSY_PAUSE_S = 0.010
+_RATE_WINDOW_S = 1.0  # the records' rate is measured over windows this long (at least)
 
 
 def lease_ms(delivery_timeout_s: float) -> int:
@@ -151,7 +152,7 @@ class Router:
 class Pace:
     """How long the router pauses after a batch: not at all after a large one, a little
     after a small one, longer while records come at a busy rate (`_BUSY_RECORDS_PER_S`,
-    measured over the last second or so)."""
+    measured over the last `_RATE_WINDOW_S` or so)."""
 
     __slots__ = ("_busy", "_records", "_since")
 
@@ -165,7 +166,7 @@ class Pace:
             self._since = now
         self._records += records
         elapsed = now - self._since
-        if elapsed >= 1.0:
+        if elapsed >= _RATE_WINDOW_S:
             self._busy = self._records / elapsed >= _BUSY_RECORDS_PER_S
             self._records, self._since = 0, now
         if self._busy:
