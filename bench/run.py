@@ -552,33 +552,29 @@ async def measure(
 
     async with contextlib.AsyncExitStack() as stack:
         control = await stack.enter_async_context(loadgen.session(8))
-        burst = await stack.enter_async_context(
-            loadgen.client(
-                max(
-                    plan.concurrency,
-                    plan.wide_concurrency,
-                    plan.batch_concurrency,
-                    plan.wide_batch_concurrency,
-                )
-            )
-        )
         ingest_http = await stack.enter_async_context(loadgen.client(256))
         read_http = await stack.enter_async_context(loadgen.client(16))
 
         async def closed(
             name: str, target: loadgen.Target, concurrency: int, duration_s: float
         ) -> tuple[loadgen.Result, dict[str, object]]:
-            await loadgen.closed_loop(
-                burst,
-                target,
-                name=f"{name}-warmup",
-                concurrency=concurrency,
-                duration_s=plan.warmup_s,
-            )
-            with Window(pids()) as window:
-                result = await loadgen.closed_loop(
-                    burst, target, name=name, concurrency=concurrency, duration_s=duration_s
+            # Connections of their own, opened by the warm-up, as `concurrency` new clients
+            # would: the kernel spreads them across the api processes (SO_REUSEPORT). Taken
+            # from one pool kept across scenarios, they were the ones the last scenario
+            # used most recently, and most of (b)'s 32 came to one api process: it ran at
+            # a full core while the other idled (sixteenth session, benchmarks.md).
+            async with loadgen.client(concurrency) as burst:
+                await loadgen.closed_loop(
+                    burst,
+                    target,
+                    name=f"{name}-warmup",
+                    concurrency=concurrency,
+                    duration_s=plan.warmup_s,
                 )
+                with Window(pids()) as window:
+                    result = await loadgen.closed_loop(
+                        burst, target, name=name, concurrency=concurrency, duration_s=duration_s
+                    )
             check(name)
             print(
                 f"  {name}: {result.events_per_s:,.0f} events/s, "
