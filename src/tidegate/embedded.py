@@ -16,6 +16,7 @@ import contextlib
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,31 @@ _MAX_GROUP = 512
 _LINGER_GROUP = 16
 _LOCK_TIMEOUT_S = 30.0
 _LOCK_POLL_S = 0.0005
+# How much each writer and reader thread started from now on lowers its own CPU priority
+# (`lower_thread_priority`); 0: they run as their creator does.
+_thread_nice = 0
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Make the writer and reader threads of each EmbeddedDatabase opened after this (until
+    the next call), in this process, run `increment` nice levels below their creator
+    (Linux, where nice is per thread; elsewhere nothing changes). The worker process of
+    `serve --processes N` calls it, so that its storage work yields the CPU to the api
+    processes' when both want it, and takes what they leave (nice is not a cap). Only
+    those threads: a lowered priority cannot be raised back without privilege, and the
+    thread that spawns the api processes keeps its own."""
+    global _thread_nice
+    _thread_nice = max(0, increment)
+
+
+def _lower_own_priority(increment: int) -> None:
+    if increment <= 0 or sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    # Refused (a sandbox without setpriority): the thread runs as before.
+    with contextlib.suppress(OSError):
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + increment))
 
 
 def sqlite_path(url: str, env_var: str) -> Path:
@@ -114,13 +140,19 @@ class EmbeddedDatabase:
             bootstrap.executescript(schema)
         finally:
             bootstrap.close()
+        self._nice = _thread_nice  # for its threads, which start now or at their first read
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._grown = threading.Event()  # wakes a lingering writer (see `write`)
         self._writer = threading.Thread(target=self._write_loop, name=f"sqlite-writer:{path.name}")
         self._writer.daemon = True
         self._writer.start()
         self._local = threading.local()
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix=f"sqlite-reader:{path.name}")
+        self._readers = ThreadPoolExecutor(
+            readers,
+            thread_name_prefix=f"sqlite-reader:{path.name}",
+            initializer=_lower_own_priority,
+            initargs=(self._nice,),
+        )
         self._reader_conns: list[sqlite3.Connection] = []
         self._closed = False
 
@@ -168,6 +200,7 @@ class EmbeddedDatabase:
             raise BackendUnavailable(f"embedded database read failed: {exc}") from exc
 
     def _write_loop(self) -> None:
+        _lower_own_priority(self._nice)
         conn = connect(self.path)
         # Waits for another process's write lock are ours (`_begin`), not SQLite's.
         conn.execute("PRAGMA busy_timeout=0")

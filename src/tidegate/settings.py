@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         " the worker in the first and starts N-1 api processes on the port, each appending"
         " to a log partition of its own on the embedded engine.",
     )
+    worker_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="With processes > 1: process 0's storage threads (routing and delivery"
+        " bookkeeping) run this much lower in CPU priority (nice), so that on a busy machine"
+        " the api processes' acknowledgements come first and routing catches up after the"
+        " burst. Idle CPU still goes to them. 0 turns it off.",
+    )
     process_index: int = Field(
         default=0,
         ge=0,

@@ -30,6 +30,15 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def _nices(pid: int) -> dict[int, int]:
+    """The nice value of each thread of `pid`, by thread id (field 19 of its stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        out[int(task.name)] = int(stat[stat.rindex(")") + 2 :].split()[16])
+    return out
+
+
 def _appended(data_dir: Path, name: str) -> int:
     """Records ever appended to one partition file (the newest one is never trimmed)."""
     with closing(sqlite3.connect(data_dir / name)) as conn:
@@ -129,6 +138,28 @@ def test_three_processes_share_the_port_and_every_event_is_delivered_once(
     assert cluster.stop() == 0, cluster.logs()[-3000:]
 
 
+def test_process_0_storage_threads_yield_the_cpu_to_the_api_processes(
+    cluster: Tidegate, receiver: Receiver
+) -> None:
+    """TIDEGATE_WORKER_NICE (default 5): process 0's store and log threads run 5 nice
+    levels lower; its main thread (which starts api processes) and the api processes
+    do not."""
+    assert cluster.proc is not None
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    tenant = _tenant_to(cluster, receiver, "/processes/nice")
+    assert len(_send(tenant, "nice", connections=4, per_connection=5)) == 20
+    wait_until(lambda: len(_delivered(receiver, "/processes/nice")) >= 20, timeout=30)
+
+    worker = _nices(cluster.proc.pid)
+    assert worker.pop(cluster.proc.pid) == base
+    lowered = [tid for tid, nice in worker.items() if nice == base + 5]
+    # the writers of store.db, its audit and claims files and the log files, and readers
+    assert len(lowered) >= 5, worker
+    assert set(worker.values()) <= {base, base + 5}, worker
+    for api in _children(cluster.proc.pid):
+        assert set(_nices(api).values()) == {base}, api
+
+
 def _summed(scrape: str, prefix: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines() if line.startswith(prefix)
@@ -160,6 +191,10 @@ def test_a_killed_api_process_is_replaced_and_nothing_acknowledged_is_lost(
     # it starts can go unheeded until process 0 kills it, 30 s later (README, known
     # problems); that is not what this test is about.
     wait_until(lambda: _api_starts(cluster) >= 3, timeout=20)
+    # spawned by process 0's main thread, the replacement runs at the usual priority
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for api in _children(cluster.proc.pid):
+        assert set(_nices(api).values()) == {base}, api
     acked |= _send(tenant, "after", connections=8, per_connection=10)
     wait_until(lambda: set(_delivered(receiver, "/processes/kill")) >= acked, timeout=30)
     time.sleep(0.5)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tidegate import embedded
 from tidegate.embedded import EmbeddedDatabase, connect
 from tidegate.errors import BackendUnavailable
 
@@ -247,3 +248,45 @@ async def test_closing_a_lingering_writer_commits_what_it_holds(tmp_path: Path) 
     assert await pending == 1
     with closing(connect(tmp_path / "x.db")) as conn:
         assert _keys(conn) == ["held"]
+
+
+def _nice(thread_id: int) -> int:
+    """A thread's nice value, from /proc (field 19 of stat)."""
+    stat = Path(f"/proc/self/task/{thread_id}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[16])
+
+
+async def test_lowered_priority_reaches_the_threads_of_databases_opened_after_it(
+    tmp_path: Path,
+) -> None:
+    base = _nice(threading.get_native_id())
+    before = EmbeddedDatabase(tmp_path / "before.db", SCHEMA)
+    embedded.lower_thread_priority(3)
+    try:
+        after = EmbeddedDatabase(tmp_path / "after.db", SCHEMA)
+    finally:
+        embedded.lower_thread_priority(0)
+    unchanged = EmbeddedDatabase(tmp_path / "unchanged.db", SCHEMA)
+    try:
+        named = {"before": before, "after": after, "unchanged": unchanged}
+        readers, writers = {}, {}
+        for name, db in named.items():
+            await db.write(_insert("k", 1))
+            # a reader thread starts with the first read: the read tells its own thread id
+            readers[name] = await db.read(lambda _conn: threading.get_native_id())
+            writers[name] = db._writer.native_id
+        assert {name: _nice(tid) - base for name, tid in writers.items() if tid} == {
+            "before": 0,
+            "after": 3,
+            "unchanged": 0,
+        }
+        assert {name: _nice(tid) - base for name, tid in readers.items()} == {
+            "before": 0,
+            "after": 3,
+            "unchanged": 0,
+        }
+        # the thread that asked (it spawns processes, in `serve`) keeps its priority
+        assert _nice(threading.get_native_id()) == base
+    finally:
+        for db in (before, after, unchanged):
+            await db.aclose()

@@ -27,6 +27,7 @@ from tidegate.cli.processes import (
     on_lifeline_closed,
     port_holder,
 )
+from tidegate.embedded import lower_thread_priority
 from tidegate.errors import TidegateError
 from tidegate.model import DestinationId, TenantId
 from tidegate.runtime import Runtime, open_runtime
@@ -115,6 +116,10 @@ async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
     elif settings.processes > 1:
         # Each api process listens on the port; the kernel spreads connections by a hash.
         sockets = [listening_socket(settings.host, settings.port)]
+    if settings.processes > 1 and settings.process_index == 0:
+        # Acknowledging events comes before routing them when the cores are all busy: the
+        # log keeps what is acknowledged, and routing catches up after (ADR 0014).
+        lower_thread_priority(settings.worker_nice)
     runtime = open_runtime(settings)
     app = build_app(runtime)
     if settings.demo:
