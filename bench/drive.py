@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import loadgen, services
 from bench.common import free_port, run_async
-from bench.procstat import children, cpu_seconds
+from bench.procstat import children, cpu_seconds, memory_mib
 from bench.run import catch_up, compact_counts, wait_compact
 from bench.stats import LogHistogram
 
@@ -80,6 +80,12 @@ def _connections(pids: list[int], port: int) -> list[int]:
                         inodes.add(target[8:-1])
         counts.append(len(inodes & established))
     return counts
+
+
+def _rss(pid: int) -> float | None:
+    with contextlib.suppress(FileNotFoundError):
+        return memory_mib(pid).get("VmRSS")
+    return None
 
 
 def _per_event_us(cpu: dict[str, float], events: int) -> dict[str, float]:
@@ -185,7 +191,18 @@ async def drive(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     max_in_flight=4096,
                 )
                 meter.start()
+                rss: list[list[float | None]] = []
+
+                async def sample_rss() -> None:
+                    while True:
+                        rss.append([_rss(pid) for pid in [tg.pid, *groups["api"]]])
+                        await asyncio.sleep(args.rss_every)
+
+                sampler = asyncio.create_task(sample_rss()) if args.rss_every else None
                 await run.run()
+                if sampler is not None:
+                    sampler.cancel()
+                    out["rss_mib_p0_api"] = rss
                 cpu = meter.stop()
                 totals = run.totals()
                 delivered = int((await compact_counts(control, rc, prefix))["delivered"])
@@ -225,6 +242,7 @@ def main() -> None:
     parser.add_argument(
         "--shared-pool", action="store_true", help="one pool of 256 connections for all phases"
     )
+    parser.add_argument("--rss-every", type=float, default=0.0, help="e2e: sample RSS (s)")
     parser.add_argument("--warmup-seconds", type=float, default=0.0)
     parser.add_argument("--track-first", type=float, default=0.0, help="s of (a) before")
     parser.add_argument(
