@@ -35,17 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import loadgen, services
 from bench.common import free_port, run_async
-from bench.procstat import children, cpu_seconds, memory_mib
+from bench.procstat import children, safe_cpu, safe_rss
 from bench.run import catch_up, compact_counts, wait_compact
 from bench.stats import LogHistogram
 
 
 def _cpu(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(FileNotFoundError):
-            total += cpu_seconds(pid)
-    return total
+    return sum(safe_cpu(pid) or 0.0 for pid in pids)
 
 
 class Meter:
@@ -80,12 +76,6 @@ def _connections(pids: list[int], port: int) -> list[int]:
                         inodes.add(target[8:-1])
         counts.append(len(inodes & established))
     return counts
-
-
-def _rss(pid: int) -> float | None:
-    with contextlib.suppress(FileNotFoundError):
-        return memory_mib(pid).get("VmRSS")
-    return None
 
 
 def _per_event_us(cpu: dict[str, float], events: int) -> dict[str, float]:
@@ -195,7 +185,7 @@ async def drive(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
                 async def sample_rss() -> None:
                     while True:
-                        rss.append([_rss(pid) for pid in [tg.pid, *groups["api"]]])
+                        rss.append([safe_rss(pid) for pid in [tg.pid, *groups["api"]]])
                         await asyncio.sleep(args.rss_every)
 
                 sampler = asyncio.create_task(sample_rss()) if args.rss_every else None

@@ -81,7 +81,7 @@ class ProcessMeter:
     def start(self, wall: float) -> None:
         self._cpu = {}
         for name, group in self.pids.items():
-            readings = {pid: _safe_cpu(pid) for pid in group}
+            readings = {pid: safe_cpu(pid) for pid in group}
             self._cpu[name] = {pid: cpu for pid, cpu in readings.items() if cpu is not None}
         self._self_cpu = cpu_seconds(os.getpid())
         self._machine = MachineCpu.read()
@@ -99,7 +99,7 @@ class ProcessMeter:
         for name, started in self._cpu.items():
             used = 0.0
             for pid, before in started.items():
-                now = _safe_cpu(pid)
+                now = safe_cpu(pid)
                 if now is not None:
                     used += max(0.0, now - before)
             out[name] = {
@@ -125,7 +125,7 @@ def _as_groups(pids: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, 
     return {name: (pid,) if isinstance(pid, int) else tuple(pid) for name, pid in pids.items()}
 
 
-def _safe_cpu(pid: int) -> float | None:
+def safe_cpu(pid: int) -> float | None:
     """CPU seconds of `pid`, or None once it has exited (or was reused: not ours to read)."""
     try:
         return cpu_seconds(pid)
@@ -154,9 +154,9 @@ class Sampler:
         elapsed = at_s - self._at
         row: dict[str, object] = {"t_s": round(at_s, 1), "phase": phase}
         for name, group in self.pids.items():
-            cpus = [_safe_cpu(pid) for pid in group]
+            cpus = [safe_cpu(pid) for pid in group]
             cpu = None if None in cpus else sum(c for c in cpus if c is not None)
-            rss = [_safe_rss(pid) for pid in group]
+            rss = [safe_rss(pid) for pid in group]
             before = self._cpu.get(name)
             row[name] = {
                 "rss_mib": None if None in rss else max(r for r in rss if r is not None),
@@ -180,7 +180,7 @@ class Sampler:
         return row
 
 
-def _safe_rss(pid: int) -> float | None:
+def safe_rss(pid: int) -> float | None:
     try:
         return memory_mib(pid).get("VmRSS")
     except (FileNotFoundError, ProcessLookupError):

@@ -27,6 +27,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def thread_nices(pid: int) -> dict[int, int]:
+    """The nice value of each thread of `pid`, by thread id (field 19 of its stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        out[int(task.name)] = int(stat[stat.rindex(")") + 2 :].split()[16])
+    return out
+
+
 def is_alive(pid: int) -> bool:
     """Whether process `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
     try:

@@ -22,21 +22,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Receiver, TenantHandle, Tidegate, is_alive, wait_until
+from tests.support import Receiver, TenantHandle, Tidegate, is_alive, thread_nices, wait_until
 
 
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def _nices(pid: int) -> dict[int, int]:
-    """The nice value of each thread of `pid`, by thread id (field 19 of its stat)."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        stat = (task / "stat").read_text()
-        out[int(task.name)] = int(stat[stat.rindex(")") + 2 :].split()[16])
-    return out
 
 
 def _appended(data_dir: Path, name: str) -> int:
@@ -150,14 +141,14 @@ def test_process_0_storage_threads_yield_the_cpu_to_the_api_processes(
     assert len(_send(tenant, "nice", connections=4, per_connection=5)) == 20
     wait_until(lambda: len(_delivered(receiver, "/processes/nice")) >= 20, timeout=30)
 
-    worker = _nices(cluster.proc.pid)
+    worker = thread_nices(cluster.proc.pid)
     assert worker.pop(cluster.proc.pid) == base
     lowered = [tid for tid, nice in worker.items() if nice == base + 5]
     # the writers of store.db, its audit and claims files and the log files, and readers
     assert len(lowered) >= 5, worker
     assert set(worker.values()) <= {base, base + 5}, worker
     for api in _children(cluster.proc.pid):
-        assert set(_nices(api).values()) == {base}, api
+        assert set(thread_nices(api).values()) == {base}, api
 
 
 def _summed(scrape: str, prefix: str) -> float:
@@ -194,7 +185,7 @@ def test_a_killed_api_process_is_replaced_and_nothing_acknowledged_is_lost(
     # spawned by process 0's main thread, the replacement runs at the usual priority
     base = os.getpriority(os.PRIO_PROCESS, 0)
     for api in _children(cluster.proc.pid):
-        assert set(_nices(api).values()) == {base}, api
+        assert set(thread_nices(api).values()) == {base}, api
     acked |= _send(tenant, "after", connections=8, per_connection=10)
     wait_until(lambda: set(_delivered(receiver, "/processes/kill")) >= acked, timeout=30)
     time.sleep(0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import thread_nices
 from tidegate import embedded
 from tidegate.embedded import EmbeddedDatabase, connect
 from tidegate.errors import BackendUnavailable
@@ -251,9 +253,7 @@ async def test_closing_a_lingering_writer_commits_what_it_holds(tmp_path: Path) 
 
 
 def _nice(thread_id: int) -> int:
-    """A thread's nice value, from /proc (field 19 of stat)."""
-    stat = Path(f"/proc/self/task/{thread_id}/stat").read_text()
-    return int(stat[stat.rindex(")") + 2 :].split()[16])
+    return thread_nices(os.getpid())[thread_id]
 
 
 async def test_lowered_priority_reaches_the_threads_of_databases_opened_after_it(

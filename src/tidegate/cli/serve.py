@@ -113,13 +113,12 @@ async def _serve(settings: Settings, lifeline_fd: int | None) -> None:
         held = port_holder(settings.host, settings.port)
         port = held.getsockname()[1]
         sockets = []
-    elif settings.processes > 1:
-        # Each api process listens on the port; the kernel spreads connections by a hash.
-        sockets = [listening_socket(settings.host, settings.port)]
-    if settings.processes > 1 and settings.process_index == 0:
         # Acknowledging events comes before routing them when the cores are all busy: the
         # log keeps what is acknowledged, and routing catches up after (ADR 0014).
         lower_thread_priority(settings.worker_nice)
+    elif settings.processes > 1:
+        # Each api process listens on the port; the kernel spreads connections by a hash.
+        sockets = [listening_socket(settings.host, settings.port)]
     runtime = open_runtime(settings)
     app = build_app(runtime)
     if settings.demo:
