@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -233,6 +234,7 @@ def main() -> None:
         "--shared-pool", action="store_true", help="one pool of 256 connections for all phases"
     )
     parser.add_argument("--rss-every", type=float, default=0.0, help="e2e: sample RSS (s)")
+    parser.add_argument("--keep-log", help="copy the server's log to this path at the end")
     parser.add_argument("--warmup-seconds", type=float, default=0.0)
     parser.add_argument("--track-first", type=float, default=0.0, help="s of (a) before")
     parser.add_argument(
@@ -240,7 +242,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tidegate-drive-") as tmp:
-        print(json.dumps(run_async(drive(args, Path(tmp)))), flush=True)
+        try:
+            print(json.dumps(run_async(drive(args, Path(tmp)))), flush=True)
+        finally:
+            if args.keep_log:
+                shutil.copyfile(Path(tmp) / "tidegate.log", args.keep_log)
 
 
 if __name__ == "__main__":

@@ -223,3 +223,75 @@ def test_a_merge_of_thousands_keeps_every_claim_and_the_later_expiry(tmp_path: P
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+async def test_a_flush_commits_slice_by_slice_and_its_claims_stay_taken_throughout(
+    tmp_path: Path,
+) -> None:
+    """A flush of several slices is paced: between its transactions the claims file holds
+    part of them, and the rest are still found, in memory."""
+    from tidegate.store.sqlite.claims import _MERGE_SLICE
+
+    flush_at = 3 * _MERGE_SLICE
+    store = SqliteStore(tmp_path / "store.db", flush_claims_at=flush_at)
+    tenant = await _tenant(store)
+    try:
+        keys = [f"key-{i:06d}".encode() for i in range(flush_at)]
+        await store.events.record_routed(
+            [_event(tenant, key) for key in keys],
+            now_ms=now_ms(),
+            dedupe_window_ms=DAY_MS,
+            lease_ms=60_000,
+        )  # the last claim starts the flush
+        file = claims_path(tmp_path / "store.db")
+        seen: set[int] = set()
+        for _ in range(5_000):
+            if file.exists():
+                (count,) = _rows(file, "SELECT COUNT(*) FROM claims")[0]
+                seen.add(int(count))  # type: ignore[call-overload]
+                if 0 < count < flush_at:  # type: ignore[operator]
+                    break
+            await asyncio.sleep(0.001)
+        assert any(0 < n < flush_at for n in seen), seen
+        duplicates = [_event(tenant, keys[0]), _event(tenant, keys[-1])]
+        assert await _kept(store, tmp_path, *duplicates) == 0
+        await _housekeeping(store)
+        assert _rows(file, "SELECT COUNT(*) FROM claims") == [(flush_at,)]
+        assert _rows(tmp_path / "store.db", "SELECT * FROM dedupe_journal") == []
+    finally:
+        await store.aclose()
+
+
+async def test_closing_during_a_flush_finishes_it_and_keeps_every_claim(
+    tmp_path: Path,
+) -> None:
+    from tidegate.store.sqlite.claims import _MERGE_SLICE
+
+    flush_at = 4 * _MERGE_SLICE
+    store = SqliteStore(tmp_path / "store.db", flush_claims_at=flush_at)
+    tenant = await _tenant(store)
+    keys = [f"key-{i:06d}".encode() for i in range(flush_at)]
+    await store.events.record_routed(
+        [_event(tenant, key) for key in keys],
+        now_ms=now_ms(),
+        dedupe_window_ms=DAY_MS,
+        lease_ms=60_000,
+    )
+    await store.aclose()
+    assert _rows(claims_path(tmp_path / "store.db"), "SELECT COUNT(*) FROM claims") == [(flush_at,)]
+    store = SqliteStore(tmp_path / "store.db")
+    try:
+        assert await _kept(store, tmp_path, _event(tenant, keys[1]), _event(tenant, b"new")) == 1
+    finally:
+        await store.aclose()
+
+
+async def _kept(store: SqliteStore, tmp_path: Path, *events: RoutedEvent) -> int:
+    """Like _route, for a store holding more than a page of events."""
+    count = "SELECT COUNT(*) FROM events"
+    (before,) = _rows(tmp_path / "store.db", count)[0]
+    await store.events.record_routed(
+        list(events), now_ms=now_ms(), dedupe_window_ms=DAY_MS, lease_ms=60_000
+    )
+    (after,) = _rows(tmp_path / "store.db", count)[0]
+    return int(after) - int(before)  # type: ignore[call-overload]

@@ -16,9 +16,10 @@ So a claim lives in three places, newest first:
   routing transaction that keeps their events, so they commit with them (ADR 0005). Its
   keys grow with `seq`, so appending touches the last page only;
 - **the claims file** (`<store>.claims.db`): every older claim. A flush writes the
-  pending claims to it in key order once they number `flush_at`, deletes the expired
-  ones, and then trims the journal up to where it read. Each of its pages is written
-  about once per flush, however many claims land on it.
+  pending claims to it in key order once they number `flush_at`, a slice of keys per
+  transaction with a pause after each, deletes the expired ones, and then trims the
+  journal up to where it read. Each of its pages is written about once per flush, however
+  many claims land on it.
 
 Looking a key up checks memory, then the claims file. One router writes claims (the
 embedded store has one worker, `exclusive_worker`); a router that starts loads the
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import structlog
 
+from tidegate import memory
 from tidegate.embedded import EmbeddedDatabase
 from tidegate.ids import now_ms as clock
 from tidegate.store.sqlite.database import execute_rows, placeholders
@@ -52,7 +54,8 @@ FLUSH_CLAIMS = 100_000
 _PROBE_CHUNK = 500
 _EXPIRE = 50_000
 _TRIM = 5_000
-_MERGE_SLICE = 4_096  # claims taken from the sorted keys at a time, a few statements' worth
+_MERGE_SLICE = 4_096  # claims per transaction of a flush, a few statements' worth
+_PACE = 2.0  # a flush pauses this many times as long as each slice took
 _TAG_BYTES = 8
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -94,6 +97,7 @@ class Claims:
         self._flushing: dict[bytes, int] = {}
         self._flush_task: asyncio.Task[int] | None = None
         self._tags: dict[str, bytes] = {}
+        self._closing = False  # a flush under way stops pausing
 
     def key(self, tenant_id: str, dedupe_index: bytes) -> bytes:
         tag = self._tags.get(tenant_id)
@@ -190,14 +194,17 @@ class Claims:
                 self._flushing, self._pending = self._pending, {}
             flushing = self._flushing
             at = clock() if now_ms is None else now_ms
-            expired = await file.write(lambda c: _merge(c, flushing, at))
-            self._file_empty = False
+            await self._merge_paced(file, flushing)
+            expired = await file.write(partial(_expire, now_ms=at))
             # The journal up to `upto`, a chunk per transaction, so the routing and attempt
             # records queued behind it wait for a chunk, not for the whole trim.
             trimmed = _TRIM
             while upto is not None and trimmed == _TRIM:
                 trimmed = await self._store.write(partial(_trim_journal, upto=upto))
             self._flushing = {}
+            # The flushed claims' memory (a dozen MB at FLUSH_CLAIMS) back to the system,
+            # rather than left for the heap's high-water mark to keep.
+            await asyncio.to_thread(memory.trim)
             return expired
         except BaseException:
             # Back into memory: the journal still holds them, and they stay findable until
@@ -208,7 +215,29 @@ class Claims:
         finally:
             self._flush_task = None
 
+    async def _merge_paced(self, file: EmbeddedDatabase, claims: dict[bytes, int]) -> None:
+        """`claims` into the claims file in key order, a slice per transaction, pausing
+        after each for `_PACE` times as long as it took, while the next flush is not due.
+
+        A flush of 100,000 takes about 0.6 s of CPU; at once, in the thread that shares
+        process 0's GIL with the router and the dispatcher, it made a burst they queued
+        behind (delivery p99 up to 0.5 s every 20 s at 5,000 events/s). Spread over a few
+        seconds, it fits in the CPU they leave. Each slice covers a range of keys of its
+        own, so its pages are written about once, as in one transaction; a crash between
+        slices leaves the journal whole, and the next flush writes them again."""
+        ordered = _in_key_order(claims)
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            merged = await file.write(partial(_merge_slice, claims=claims, ordered=ordered))
+            self._file_empty = False
+            if merged < _MERGE_SLICE:
+                return
+            if len(self._pending) < self.flush_at and not self._closing:
+                await asyncio.sleep((loop.time() - began) * _PACE)
+
     async def aclose(self) -> None:
+        self._closing = True
         task = self._flush_task
         if task is not None:
             # A failure was logged by the task; the journal keeps its claims.
@@ -242,22 +271,35 @@ def _probe(conn: sqlite3.Connection, keys: list[bytes], now_ms: int) -> list[byt
 
 
 def _merge(conn: sqlite3.Connection, claims: dict[bytes, int], now_ms: int) -> int:
-    """The claims in key order (each page of the B-tree visited once), then up to _EXPIRE
-    expired ones out (housekeeping calls again while some remain).
+    """All of `claims` in key order, then up to _EXPIRE expired ones out; the number out."""
+    ordered = _in_key_order(claims)
+    while _merge_slice(conn, claims=claims, ordered=ordered) == _MERGE_SLICE:
+        pass
+    return _expire(conn, now_ms=now_ms)
+
+
+def _merge_slice(
+    conn: sqlite3.Connection, *, claims: dict[bytes, int], ordered: Iterator[bytes]
+) -> int:
+    """The next _MERGE_SLICE claims of `ordered` (or fewer, at its end); how many.
 
     Multi-row statements of up to 1,024 claims each: a statement per claim gave up the
     GIL and took it back 100,000 times a flush, and each time the writer thread queued
     behind the event loop's thread. Under load a flush of 100,000 took 2.3 s and held
     deliveries back by up to half a second; beside a thread running Python without
     pause, over five minutes."""
-    ordered = _in_key_order(claims)
-    while keys := list(islice(ordered, _MERGE_SLICE)):
-        execute_rows(
-            conn,
-            "INSERT INTO claims (claim, expires_at_ms) VALUES {values} ON CONFLICT (claim)"
-            " DO UPDATE SET expires_at_ms = MAX(expires_at_ms, excluded.expires_at_ms)",
-            [(key, claims[key]) for key in keys],
-        )
+    keys = list(islice(ordered, _MERGE_SLICE))
+    execute_rows(
+        conn,
+        "INSERT INTO claims (claim, expires_at_ms) VALUES {values} ON CONFLICT (claim)"
+        " DO UPDATE SET expires_at_ms = MAX(expires_at_ms, excluded.expires_at_ms)",
+        [(key, claims[key]) for key in keys],
+    )
+    return len(keys)
+
+
+def _expire(conn: sqlite3.Connection, *, now_ms: int) -> int:
+    """Up to _EXPIRE expired claims out (housekeeping calls again while some remain)."""
     return int(
         conn.execute(
             "DELETE FROM claims WHERE claim IN"
