@@ -237,12 +237,7 @@ async def test_a_flush_commits_slice_by_slice_and_its_claims_stay_taken_througho
     tenant = await _tenant(store)
     try:
         keys = [f"key-{i:06d}".encode() for i in range(flush_at)]
-        await store.events.record_routed(
-            [_event(tenant, key) for key in keys],
-            now_ms=now_ms(),
-            dedupe_window_ms=DAY_MS,
-            lease_ms=60_000,
-        )  # the last claim starts the flush
+        await _record(store, *(_event(tenant, key) for key in keys))  # the last starts the flush
         file = claims_path(tmp_path / "store.db")
         seen: set[int] = set()
         for _ in range(5_000):
@@ -271,12 +266,7 @@ async def test_closing_during_a_flush_finishes_it_and_keeps_every_claim(
     store = SqliteStore(tmp_path / "store.db", flush_claims_at=flush_at)
     tenant = await _tenant(store)
     keys = [f"key-{i:06d}".encode() for i in range(flush_at)]
-    await store.events.record_routed(
-        [_event(tenant, key) for key in keys],
-        now_ms=now_ms(),
-        dedupe_window_ms=DAY_MS,
-        lease_ms=60_000,
-    )
+    await _record(store, *(_event(tenant, key) for key in keys))
     await store.aclose()
     assert _rows(claims_path(tmp_path / "store.db"), "SELECT COUNT(*) FROM claims") == [(flush_at,)]
     store = SqliteStore(tmp_path / "store.db")
@@ -286,12 +276,16 @@ async def test_closing_during_a_flush_finishes_it_and_keeps_every_claim(
         await store.aclose()
 
 
+async def _record(store: SqliteStore, *events: RoutedEvent) -> None:
+    await store.events.record_routed(
+        list(events), now_ms=now_ms(), dedupe_window_ms=DAY_MS, lease_ms=60_000
+    )
+
+
 async def _kept(store: SqliteStore, tmp_path: Path, *events: RoutedEvent) -> int:
     """Like _route, for a store holding more than a page of events."""
     count = "SELECT COUNT(*) FROM events"
     (before,) = _rows(tmp_path / "store.db", count)[0]
-    await store.events.record_routed(
-        list(events), now_ms=now_ms(), dedupe_window_ms=DAY_MS, lease_ms=60_000
-    )
+    await _record(store, *events)
     (after,) = _rows(tmp_path / "store.db", count)[0]
     return int(after) - int(before)  # type: ignore[call-overload]
