@@ -245,8 +245,9 @@ def main() -> None:
         try:
             print(json.dumps(run_async(drive(args, Path(tmp)))), flush=True)
         finally:
-            if args.keep_log:
-                shutil.copyfile(Path(tmp) / "tidegate.log", args.keep_log)
+            log = Path(tmp) / "tidegate.log"
+            if args.keep_log and log.exists():
+                shutil.copyfile(log, args.keep_log)
 
 
 if __name__ == "__main__":
