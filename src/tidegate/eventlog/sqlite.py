@@ -273,8 +273,11 @@ _SIGNAL_INTERVAL_S = 0.001
 # arrived meanwhile), and a durable commit costs ~70 µs of CPU. At 3,600 events/s to
 # `serve --processes 3`: the api processes 205-209 µs of CPU per event against 244-246
 # with none (1 ms: 226); at 5,000/s, 0.92-0.96 of the events delivered while sending
-# against 0.82-0.92 (docs/benchmarks.md, thirteenth session).
-_LINGER_S = 0.002
+# against 0.82-0.92 (docs/benchmarks.md, thirteenth session). 4 ms against 2, the api
+# processes' CPU per event over the generator's: 3.57-3.60 against 3.74-3.79 at 3,600/s,
+# 3.15-3.27 against 3.67-3.76 at 1,200/s, with the same ack and delivery p99
+# (seventeenth session).
+_LINGER_S = 0.004
 _DISCOVER_S = 1.0
 
 
