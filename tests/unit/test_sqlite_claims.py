@@ -43,9 +43,7 @@ async def _route(store: SqliteStore, *events: RoutedEvent, at: int | None = None
     """How many of `events` were kept (stored), by the events listed before and after."""
     tenants = {e.meta.tenant_id for e in events}
     before = sum([len(await store.events.list_events(t, EventQuery(limit=1000))) for t in tenants])
-    await store.events.record_routed(
-        list(events), now_ms=at or now_ms(), dedupe_window_ms=DAY_MS, lease_ms=60_000
-    )
+    await _record(store, *events, at=at)
     after = sum([len(await store.events.list_events(t, EventQuery(limit=1000))) for t in tenants])
     return after - before
 
@@ -276,9 +274,9 @@ async def test_closing_during_a_flush_finishes_it_and_keeps_every_claim(
         await store.aclose()
 
 
-async def _record(store: SqliteStore, *events: RoutedEvent) -> None:
+async def _record(store: SqliteStore, *events: RoutedEvent, at: int | None = None) -> None:
     await store.events.record_routed(
-        list(events), now_ms=now_ms(), dedupe_window_ms=DAY_MS, lease_ms=60_000
+        list(events), now_ms=at or now_ms(), dedupe_window_ms=DAY_MS, lease_ms=60_000
     )
 
 
